@@ -1,0 +1,49 @@
+"""`summarizer` console command: one entry point, one subcommand per job.
+
+Each subcommand is the same program as its module entry point:
+    summarizer train     == python -m training.train
+    summarizer evaluate  == python -m evaluation.evaluate
+    summarizer summarize == python -m mapreduce.cli summarize
+    summarizer batch     == python -m mapreduce.batch
+    summarizer fetch     == python -m core.models fetch
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "train": ("training.train", "fine-tune a LoRA summarization adapter"),
+    "evaluate": ("evaluation.evaluate", "score base vs adapter vs LEAD-3 on CNN/DailyMail"),
+    "summarize": ("mapreduce.cli", "summarize long documents (map-reduce on Ray actors)"),
+    "batch": ("mapreduce.batch", "summarize a JSONL corpus as a resumable Ray batch job"),
+    "fetch": ("core.models", "fetch and convert the embedded CPU model"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: summarizer <command> [options]   (summarizer <command> --help for details)", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    if name == "summarize":
+        rest = ["summarize", *rest]
+    if name == "fetch":
+        rest = ["fetch", *rest]
+    return module.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

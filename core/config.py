@@ -1,0 +1,363 @@
+"""One config for every entry point: YAML in, validated dataclasses out, CLI flags on top.
+
+The YAML file has sections (model, lora, data, training, generation, evaluation,
+mapreduce, batch). Every key name is unique across sections, so each key is also a
+command-line flag of the same name (`lora_r` <-> `--lora-r`) and a flag always wins over
+the file. Validation happens at load: an unknown key or a wrong type is one line naming
+the key, raised as ConfigError (the CLIs print it without a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config value; its message is one line meant for the user."""
+
+
+@dataclass
+class ModelConfig:
+    base_model: str = "Qwen/Qwen2.5-3B-Instruct"  # hub id, local dir, or a .gguf file
+    adapter: Optional[str] = None  # dir of a peft LoRA adapter
+    merge_adapter: bool = True  # merge_and_unload for inference
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (CUDA: bf16, CPU: fp32) | float32 | bfloat16 | float16
+    quantization: str = "none"  # none | 4bit | 8bit (bitsandbytes, CUDA only)
+    trust_remote_code: bool = False
+    num_threads: Optional[int] = None  # torch.set_num_threads on CPU
+
+
+@dataclass
+class LoraConfig:
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.5
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cnn_dailymail"  # hub name, or a local .jsonl/.jsonl.gz/.parquet file or dir
+    dataset_config: Optional[str] = "3.0.0"
+    train_split: str = "train[:260000]"
+    eval_split: Optional[str] = "validation[:1000]"
+    eval_dataset: Optional[str] = None  # another source for validation (defaults to `dataset`)
+    test_split: str = "test"
+    test_dataset: Optional[str] = None  # another source for evaluation (defaults to `dataset`)
+    article_field: str = "article"
+    summary_field: str = "highlights"
+    id_field: str = "id"
+    max_length: int = 2048  # prompt + summary + EOS, in tokens
+    prompt_template: str = (
+        "[INST] Summarize the following news article:\n\n{article}\n\nSummary: [/INST]"
+    )
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = "outputs/adapter"
+    learning_rate: float = 1e-5
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    per_device_train_batch_size: int = 1
+    per_device_eval_batch_size: int = 1
+    gradient_accumulation_steps: int = 4
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    eval_steps: int = 1000
+    save_steps: int = 1000
+    logging_steps: int = 10
+    save_total_limit: Optional[int] = 3
+    optim: str = "paged_adamw_8bit"
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+    early_stopping_patience: Optional[int] = None
+    seed: int = 42
+    resume: bool = False
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 100
+    generation_batch_size: int = 8
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+
+
+@dataclass
+class EvaluationConfig:
+    eval_output_dir: str = "outputs/eval"
+    num_examples: Optional[int] = None
+    systems: list[str] = field(default_factory=lambda: ["lead3", "base", "adapter"])
+    bertscore_model: str = "roberta-large"  # a hub id or a local encoder dir
+    bertscore_num_layers: Optional[int] = 17
+    bootstrap_samples: int = 1000
+
+
+@dataclass
+class MapReduceConfig:
+    chunk_size: int = 1800  # tokens of document text per chunk
+    chunk_overlap: int = 150
+    reduce_template: Optional[str] = None  # None: the training prompt_template
+    max_reduce_depth: int = 4
+    num_workers: Optional[int] = None  # None: one per GPU, or one on CPU
+    num_gpus_per_worker: float = 1.0
+    num_cpus_per_worker: float = 1.0
+    ray_address: Optional[str] = None  # None: $RAY_ADDRESS, else a local cluster
+    max_task_retries: int = 2
+
+
+@dataclass
+class BatchConfig:
+    text_field: str = "document"
+    max_docs_in_flight: int = 16
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    mapreduce: MapReduceConfig = field(default_factory=MapReduceConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_classes() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def _key_index() -> dict[str, tuple[str, Any]]:
+    """key -> (section, type hint); keys are unique across sections by design."""
+    index: dict[str, tuple[str, Any]] = {}
+    for section, cls in _section_classes().items():
+        for key, hint in typing.get_type_hints(cls).items():
+            assert key not in index, f"duplicate config key {key}"
+            index[key] = (section, hint)
+    return index
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return f"{_describe(inner[0])} or null"
+    if origin is list:
+        return f"list of {_describe(typing.get_args(hint)[0])}"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """Return value coerced to hint (int -> float only), or raise ConfigError naming key."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)][0]
+        return _check_type(key, value, inner)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a {_describe(hint)}, got {value!r}")
+        return [_check_type(key, v, item) for v in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}' must be an int, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"config key '{key}' must be a {_describe(hint)}, got {value!r}")
+    return value
+
+
+def _check_values(cfg: Config) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    d, m, g, mr = cfg.data, cfg.model, cfg.generation, cfg.mapreduce
+    if d.prompt_template.count("{article}") != 1:
+        raise ConfigError("config key 'prompt_template' must contain '{article}' exactly once")
+    if mr.reduce_template is not None and mr.reduce_template.count("{article}") != 1:
+        raise ConfigError("config key 'reduce_template' must contain '{article}' exactly once")
+    if d.max_length <= g.max_new_tokens + 16:
+        raise ConfigError(
+            f"config key 'max_length' ({d.max_length}) must exceed max_new_tokens "
+            f"({g.max_new_tokens}) by more than the prompt template"
+        )
+    if m.quantization not in ("none", "4bit", "8bit"):
+        raise ConfigError(f"config key 'quantization' must be none, 4bit or 8bit, got {m.quantization!r}")
+    if m.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"config key 'dtype' must be auto, float32, bfloat16 or float16, got {m.dtype!r}")
+    positive = {
+        "lora_r": cfg.lora.lora_r,
+        "max_new_tokens": g.max_new_tokens,
+        "generation_batch_size": g.generation_batch_size,
+        "chunk_size": mr.chunk_size,
+        "max_reduce_depth": mr.max_reduce_depth,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    if not 0 <= mr.chunk_overlap < mr.chunk_size:
+        raise ConfigError(
+            f"config key 'chunk_overlap' must be >= 0 and below chunk_size ({mr.chunk_size}), got {mr.chunk_overlap}"
+        )
+    if mr.num_workers is not None and mr.num_workers <= 0:
+        raise ConfigError(f"config key 'num_workers' must be positive, got {mr.num_workers}")
+    if mr.num_gpus_per_worker < 0:
+        raise ConfigError(f"config key 'num_gpus_per_worker' must be >= 0, got {mr.num_gpus_per_worker}")
+    for name in cfg.evaluation.systems:
+        if name not in ("lead3", "base", "base_chat", "adapter"):
+            raise ConfigError(
+                f"config key 'systems' has unknown system {name!r} (choose from lead3, base, base_chat, adapter)"
+            )
+
+
+def config_from_dict(raw: dict[str, Any] | None, source: str = "config") -> Config:
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    classes = _section_classes()
+    sections: dict[str, Any] = {}
+    for section, values in raw.items():
+        if section not in classes:
+            raise ConfigError(
+                f"{source}: unknown section '{section}' (expected one of {', '.join(classes)})"
+            )
+        values = values or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping")
+        hints = typing.get_type_hints(classes[section])
+        checked = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"{source}: unknown key '{key}' in section '{section}'")
+            checked[key] = _check_type(key, value, hints[key])
+        sections[section] = classes[section](**checked)
+    cfg = Config(**sections)
+    _check_values(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load YAML (None: all defaults), apply flat `key: value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    index = _key_index()
+    for key, value in (overrides or {}).items():
+        if key not in index:
+            raise ConfigError(f"unknown config key '{key}'")
+        section = index[key][0]
+        raw.setdefault(section, {})
+        if raw[section] is None:
+            raw[section] = {}
+        raw[section][key] = value
+    return config_from_dict(raw, source)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# --- command-line flags ---------------------------------------------------------------
+
+_FLAG_HELP = "overrides config key '{key}' ({type}; default {default!r})"
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _flag_parser(hint: Any):
+    """A string->value parser for a flag; 'null'/'none' gives None for optional keys."""
+    origin = typing.get_origin(hint)
+    optional = False
+    if origin in (typing.Union, types.UnionType):
+        optional = True
+        hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
+        origin = typing.get_origin(hint)
+
+    def parse(text: str):
+        if optional and text.lower() in ("null", "none"):
+            return None
+        if origin is list:
+            return [s.strip() for s in text.split(",") if s.strip()]
+        if hint is bool:
+            return _parse_bool(text)
+        try:
+            return hint(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {_describe(hint)}, got {text!r}") from None
+
+    return parse
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    sections: tuple[str, ...] | None = None,
+    skip: tuple[str, ...] = (),
+) -> None:
+    """Add `--config` and one `--key-name` flag per config key of the given sections."""
+    if not any(a.dest == "config" for a in parser._actions):
+        parser.add_argument("--config", help="YAML config file (flags below override its values)")
+    defaults = Config()
+    for section, cls in _section_classes().items():
+        if sections is not None and section not in sections:
+            continue
+        group = parser.add_argument_group(f"config: {section}")
+        for key, hint in typing.get_type_hints(cls).items():
+            if key in skip:
+                continue
+            default = getattr(getattr(defaults, section), key)
+            group.add_argument(
+                "--" + key.replace("_", "-"),
+                dest=key,
+                type=_flag_parser(hint),
+                default=argparse.SUPPRESS,
+                metavar=_describe(hint).split(" ")[0].upper(),
+                help=_FLAG_HELP.format(key=key, type=_describe(hint), default=default).replace("%", "%%"),
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Load `args.config` and apply every config flag the user gave."""
+    index = _key_index()
+    overrides = {k: v for k, v in vars(args).items() if k in index}
+    return load_config(getattr(args, "config", None), overrides)

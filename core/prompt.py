@@ -1,0 +1,121 @@
+"""The prompt template, truncation and label masking: the one place they live.
+
+Training, evaluation, the CLI and the Ray workers all call these functions, so the model
+sees at inference exactly the token ids it saw in training. The text is tokenized once,
+with character offsets; tokens are then classed as template, article or summary by their
+offsets and truncation drops article tokens from the end, so template tokens stay exactly
+as they were tokenized in full context (no decode and re-tokenize round trip).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_TEMPLATE = "[INST] Summarize the following news article:\n\n{article}\n\nSummary: [/INST]"
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TrainingExample:
+    input_ids: list[int]
+    labels: list[int]
+    article_tokens_dropped: int
+    summary_tokens_dropped: int
+
+
+def _require_fast(tokenizer) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("a fast tokenizer (with offset mapping) is required")
+
+
+def _split_template(template: str) -> tuple[str, str]:
+    if template.count("{article}") != 1:
+        raise ValueError("prompt template must contain '{article}' exactly once")
+    prefix, suffix = template.split("{article}")
+    return prefix, suffix
+
+
+def _tokenize_prompt(tokenizer, article: str, template: str, extra: str = ""):
+    """Tokenize template(article) + extra once; return ids and the article/extra token spans.
+
+    Returns (ids, article_start, article_end, extra_start): token indices such that
+    ids[article_start:article_end] are the article's tokens and ids[extra_start:] the
+    tokens of `extra`. A token straddling a boundary counts as template.
+    """
+    _require_fast(tokenizer)
+    prefix, suffix = _split_template(template)
+    article = article.strip()
+    text = prefix + article + suffix + extra
+    a0, a1 = len(prefix), len(prefix) + len(article)
+    x0 = len(prefix) + len(article) + len(suffix)
+    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    article_tokens = [i for i, (s, e) in enumerate(offsets) if s >= a0 and e <= a1 and e > s]
+    if article_tokens:
+        article_start, article_end = article_tokens[0], article_tokens[-1] + 1
+    else:
+        article_start = article_end = next(
+            (i for i, (s, e) in enumerate(offsets) if s >= a1 and e > s), len(ids)
+        )
+    extra_start = next((i for i, (s, e) in enumerate(offsets) if s >= x0 and e > s), len(ids))
+    return ids, article_start, article_end, extra_start
+
+
+def template_token_count(tokenizer, template: str = DEFAULT_TEMPLATE) -> int:
+    """Tokens the template itself costs (with an empty article)."""
+    ids, *_ = _tokenize_prompt(tokenizer, "", template)
+    return len(ids)
+
+
+def build_prompt_ids(
+    tokenizer, article: str, max_prompt_tokens: int, template: str = DEFAULT_TEMPLATE
+) -> list[int]:
+    """Inference prompt: the article cut from its end until the whole prompt fits.
+
+    Callers pass max_prompt_tokens = max_length - max_new_tokens, the budget training used.
+    """
+    ids, a0, a1, _ = _tokenize_prompt(tokenizer, article, template)
+    overflow = len(ids) - max_prompt_tokens
+    if overflow <= 0:
+        return ids
+    keep = (a1 - a0) - overflow
+    if keep < 0:
+        raise ValueError(
+            f"prompt budget of {max_prompt_tokens} tokens is smaller than the template "
+            f"({len(ids) - (a1 - a0)} tokens)"
+        )
+    return ids[: a0 + keep] + ids[a1:]
+
+
+def build_training_example(
+    tokenizer,
+    article: str,
+    summary: str,
+    max_length: int,
+    template: str = DEFAULT_TEMPLATE,
+) -> TrainingExample:
+    """prompt + " " + summary + EOS, at most max_length tokens, labels only on summary + EOS.
+
+    Only the article is cut (from its end). If even an empty article leaves no room for
+    the whole summary, the summary is cut from its end too, but its EOS is kept.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no EOS token")
+    ids, a0, a1, s0 = _tokenize_prompt(tokenizer, article, template, extra=" " + summary.strip())
+    prompt_ids, summary_ids = ids[:s0], ids[s0:]
+    article_len = a1 - a0
+    template_len = len(prompt_ids) - article_len
+    summary_room = max_length - template_len - 1  # 1 for EOS
+    if summary_room < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for a summary after the template")
+    summary_dropped = max(0, len(summary_ids) - summary_room)
+    if summary_dropped:
+        summary_ids = summary_ids[:summary_room]
+    article_room = max_length - template_len - len(summary_ids) - 1
+    article_dropped = max(0, article_len - article_room)
+    if article_dropped:
+        prompt_ids = prompt_ids[: a1 - article_dropped] + prompt_ids[a1:]
+    input_ids = prompt_ids + summary_ids + [eos]
+    labels = [IGNORE_INDEX] * len(prompt_ids) + summary_ids + [eos]
+    return TrainingExample(input_ids, labels, article_dropped, summary_dropped)

@@ -1,0 +1,70 @@
+"""Shared fixtures: the real Qwen 2.5 tokenizer and tiny random models built on the spot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+QWEN_TOKENIZER = SHARED / "tokenizers" / "qwen2.5"
+CNNDM_TRAIN = SHARED / "data" / "cnndm" / "train.jsonl"
+CNNDM_TEST = SHARED / "data" / "cnndm" / "test.jsonl"
+LONGDOCS = SHARED / "data" / "longdocs" / "longdocs.jsonl"
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(QWEN_TOKENIZER))
+
+
+def build_tiny_qwen(path: Path, seed: int = 0) -> Path:
+    """A 2-layer, hidden-64 Qwen2 with the real Qwen tokenizer, saved as a model dir."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(str(QWEN_TOKENIZER))
+    config = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
+    model = Qwen2ForCausalLM(config)
+    model.save_pretrained(str(path), safe_serialization=True)
+    tok.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen"))
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, converted by `python -m core.models fetch` (CI runs it)."""
+    from core.models import embedded_model_dir as locate
+
+    path = locate("smollm2")
+    if not (path / "fetch_ok.json").exists():
+        pytest.fail(f"embedded model missing at {path}: run `python -m core.models fetch` first")
+    return path
