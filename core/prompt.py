@@ -61,10 +61,20 @@ def _tokenize_prompt(tokenizer, article: str, template: str, extra: str = ""):
     return ids, article_start, article_end, extra_start
 
 
+_PROBE_ARTICLES = ("", "x", "x.", "1")
+
+
 def template_token_count(tokenizer, template: str = DEFAULT_TEMPLATE) -> int:
-    """Tokens the template itself costs (with an empty article)."""
-    ids, *_ = _tokenize_prompt(tokenizer, "", template)
-    return len(ids)
+    """Tokens the template itself costs next to an article (the most over a few probes).
+
+    Not just the template with an empty article: there the text around `{article}` can
+    merge into fewer tokens (Qwen: ":\n\n" + "\n\n" -> ":\n\n\n\n") than with real text.
+    """
+    costs = []
+    for probe in _PROBE_ARTICLES:
+        ids, a0, a1, _ = _tokenize_prompt(tokenizer, probe, template)
+        costs.append(len(ids) - (a1 - a0))
+    return max(costs)
 
 
 def build_prompt_ids(
@@ -119,3 +129,19 @@ def build_training_example(
     input_ids = prompt_ids + summary_ids + [eos]
     labels = [IGNORE_INDEX] * len(prompt_ids) + summary_ids + [eos]
     return TrainingExample(input_ids, labels, article_dropped, summary_dropped)
+
+
+def chat_template(tokenizer, instruction: str = "Summarize the following news article:") -> str:
+    """The tokenizer's own chat format as a prompt template holding `{article}` once.
+
+    A fairer baseline for Instruct models than the training template: the base model is
+    asked in the format it was tuned on, and build_prompt_ids still does the truncation.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the tokenizer has no chat template (needed for the base_chat system)")
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": instruction + "\n\n{article}"}], tokenize=False, add_generation_prompt=True
+    )
+    if not isinstance(rendered, str) or rendered.count("{article}") != 1:
+        raise ValueError("the tokenizer's chat template does not render the article placeholder exactly once")
+    return rendered

@@ -68,3 +68,33 @@ def embedded_model_dir() -> Path:
     if not (path / "fetch_ok.json").exists():
         pytest.fail(f"embedded model missing at {path}: run `python -m core.models fetch` first")
     return path
+
+
+def spread_weights(model, seed: int = 1):
+    """Redraw a tiny model's matrices with a wide spread so greedy outputs depend on the prompt.
+
+    At the default init (std 0.02) the 2-layer model emits one repeated token whatever the
+    prompt, which cannot show that outputs come back in the right order.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2:
+                std = 0.5 if "embed" in name else 0.2
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+    return model
+
+
+@pytest.fixture(scope="session")
+def lively_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny Qwen2 with spread weights (prompt-dependent greedy outputs), saved as a model dir."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("lively_qwen")
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    spread_weights(model).save_pretrained(str(path), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(path))
+    return path
