@@ -346,11 +346,13 @@ def add_config_flags(
             if key in skip:
                 continue
             default = getattr(getattr(defaults, section), key)
+            extra = {"nargs": "?", "const": True} if hint is bool else {}  # `--resume` == `--resume true`
             group.add_argument(
                 "--" + key.replace("_", "-"),
                 dest=key,
                 type=_flag_parser(hint),
                 default=argparse.SUPPRESS,
+                **extra,
                 metavar=_describe(hint).split(" ")[0].upper(),
                 help=_FLAG_HELP.format(key=key, type=_describe(hint), default=default).replace("%", "%%"),
             )

@@ -1,0 +1,205 @@
+"""training.train end to end on the tiny random Qwen2 and real CNN/DM rows (CPU, fp32).
+
+One short run (8 full-batch steps on 4 rows, a high constant learning rate, so the loss
+must fall) is shared by the tests that inspect its outputs; resume works on a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CNNDM_TRAIN, REPO
+
+from core.config import load_config
+from training.train import build_lora_model, main, pick_optimizer
+
+CPU_CONFIG = str(REPO / "configs" / "smollm2_cpu.yaml")  # max_new_tokens 80 allows max_length 128
+
+
+def run_args(model_dir: Path, output_dir: Path, **overrides) -> list[str]:
+    values = {
+        "config": CPU_CONFIG,
+        "base_model": str(model_dir),
+        "dataset": str(CNNDM_TRAIN),
+        "train_split": "train[:4]",
+        "eval_split": "train[1049:1051]",
+        "max_length": 128,
+        "max_steps": 8,
+        "per_device_train_batch_size": 4,  # all 4 rows in every step: plain gradient descent
+        "gradient_accumulation_steps": 1,
+        "per_device_eval_batch_size": 2,
+        "learning_rate": 3e-2,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "lora_dropout": 0.0,
+        "logging_steps": 1,
+        "eval_steps": 4,
+        "save_steps": 4,
+        "optim": "adamw_torch",
+        "output_dir": str(output_dir),
+    }
+    values.update(overrides)
+    args = []
+    for key, value in values.items():
+        if value is True:
+            args.append("--" + key.replace("_", "-"))
+        else:
+            args += ["--" + key.replace("_", "-"), str(value)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "adapter"
+    assert main(run_args(tiny_model_dir, out)) == 0
+    return out
+
+
+def read_log(output_dir: Path) -> list[dict]:
+    return json.loads((output_dir / "train_log.json").read_text())
+
+
+def test_run_writes_adapter_logs_plot_and_config(trained, tiny_model_dir):
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "config.yaml",
+                 "train_log.json", "loss.png", "checkpoint-4", "checkpoint-8"):
+        assert (trained / name).exists(), name
+    assert not list(trained.glob("*.bin")) and not list(trained.glob("*.pt"))  # safetensors only
+    assert (trained / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (trained / "loss.png").stat().st_size > 10_000
+    saved = load_config(trained / "config.yaml")  # the resolved config, overrides included
+    assert saved.model.base_model == str(tiny_model_dir)
+    assert (saved.data.max_length, saved.training.learning_rate, saved.lora.lora_dropout) == (128, 3e-2, 0.0)
+    adapter_config = json.loads((trained / "adapter_config.json").read_text())
+    assert set(adapter_config["target_modules"]) == {"q_proj", "v_proj", "up_proj", "down_proj"}
+    assert (adapter_config["r"], adapter_config["lora_alpha"]) == (16, 32)
+
+
+def test_training_loss_goes_down_and_validation_is_logged(trained):
+    log = read_log(trained)
+    losses = [e["loss"] for e in log if "loss" in e]
+    assert [e["step"] for e in log if "loss" in e] == list(range(1, 9))
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1, losses
+    assert losses[-1] < losses[0] - 0.2, losses
+    assert [e["step"] for e in log if "eval_loss" in e] == [4, 8]
+
+
+def test_adapter_reloads_and_merged_logits_match(trained, tiny_model_dir, qwen_tokenizer):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(trained)).eval()
+    ids = qwen_tokenizer("The council approved the new budget on Monday.", return_tensors="pt")
+    with torch.no_grad():
+        with model.disable_adapter():
+            base_logits = model(**ids).logits
+        adapted = model(**ids).logits
+        merged = model.merge_and_unload()(**ids).logits
+    assert (adapted - base_logits).abs().max() > 1e-3  # the adapter learned something
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_resume_continues_from_the_last_checkpoint(trained, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "adapter"
+    shutil.copytree(trained, out)
+    # without --resume an existing run is not silently overwritten
+    assert main(run_args(tiny_model_dir, out, max_steps=10)) == 1
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(run_args(tiny_model_dir, out, max_steps=10, resume=True)) == 0
+    steps = [e["step"] for e in read_log(out) if "loss" in e]
+    assert steps == list(range(1, 11))  # the old history kept, steps 9-10 added, nothing redone
+    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tiny_model_dir, tmp_path):
+    out = tmp_path / "adapter"
+    args = run_args(tiny_model_dir, out, max_steps=2, eval_steps=1, save_steps=1, early_stopping_patience=5)
+    assert main(args) == 0
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    evals = [e["eval_loss"] for e in state["log_history"] if "eval_loss" in e]
+    assert state["best_metric"] == pytest.approx(min(evals))
+    assert (out / "adapter_model.safetensors").exists()
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_one_line_errors(tiny_model_dir, tmp_path, capsys):
+    missing_data = tmp_path / "missing.jsonl"
+    assert main(run_args(tiny_model_dir, tmp_path / "a", dataset=str(missing_data))) == 1
+    assert str(missing_data) in _error_line(capsys)
+
+    missing_model = tmp_path / "no-model-here"
+    assert main(run_args(missing_model, tmp_path / "b")) == 1
+    assert "base model dir not found" in _error_line(capsys)
+
+    assert main(run_args("no-such-org/no-such-model", tmp_path / "c")) == 1  # offline hub id
+    assert "no-such-org/no-such-model" in _error_line(capsys)
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(run_args(tiny_model_dir, blocker / "out")) == 1
+    assert "output dir not writable" in _error_line(capsys)
+
+    assert main(run_args(tiny_model_dir, tmp_path / "d", lr_scheduler_type="sideways")) == 1
+    assert "invalid training settings" in _error_line(capsys)
+
+    assert main(run_args(tiny_model_dir, tmp_path / "e", eval_split="null", early_stopping_patience=2)) == 1
+    assert "early_stopping_patience" in _error_line(capsys)
+
+    assert main(run_args(tiny_model_dir, tmp_path / "f", lora_target_modules="no_such_proj")) == 1
+    assert "lora_target_modules" in _error_line(capsys)
+
+
+def test_cli_error_is_one_line_without_traceback(tmp_path):
+    cmd = [sys.executable, "-m", "training.train", "--config", CPU_CONFIG,
+           "--dataset", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: dataset path not found")
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_lists_config_flags(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--config", "--learning-rate", "--lora-r", "--resume", "--output-dir", "--max-length"):
+        assert flag in out
+
+
+def test_bitsandbytes_optimizers_fall_back_on_cpu():
+    assert pick_optimizer("paged_adamw_8bit", on_cuda=False) == "adamw_torch"
+    assert pick_optimizer("adamw_bnb_8bit", on_cuda=False) == "adamw_torch"
+    assert pick_optimizer("paged_adamw_8bit", on_cuda=True) == "paged_adamw_8bit"
+    assert pick_optimizer("adamw_torch_fused", on_cuda=False) == "adamw_torch_fused"
+
+
+def test_reference_recipe_trains_18_7m_parameters_of_qwen25_3b():
+    """peft reports 18,726,912 trainable params for Qwen2.5-3B with param.yaml's LoRA."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(  # Qwen/Qwen2.5-3B-Instruct's config.json, the fields that set sizes
+        vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+        num_attention_heads=16, num_key_value_heads=2, tie_word_embeddings=True,
+    )
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(config)
+    cfg = load_config(REPO / "configs" / "param.yaml")
+    peft_model = build_lora_model(model, cfg)
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    assert trainable == 18_726_912
+    assert total - trainable == 3_085_938_688  # Qwen2.5-3B's own parameter count
