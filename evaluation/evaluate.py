@@ -360,7 +360,7 @@ def markdown_table(result: dict) -> str:
         lines.append(row(DISPLAY_NAMES[system], values))
     for key, delta in result["improvements"].items():
         baseline = key.removeprefix("adapter_minus_")
-        lines.append(row(f"Improvement (adapter − {DISPLAY_NAMES[baseline].lower()})", delta, signed=True))
+        lines.append(row(f"Improvement (adapter − {baseline.replace('_', ' ')})", delta, signed=True))
     return "\n".join(lines)
 
 
@@ -382,6 +382,17 @@ def markdown_report(result: dict) -> str:
             f"[{_fmt(lo, True)}, {_fmt(hi, True)}] over {delta['num_paired']} examples."
         )
     return markdown_table(result) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def _no_nan(value):
+    """NaN (a system with nothing scored) as null: results.json stays strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 def write_per_example(path: Path, examples, systems, records, scores, errors) -> None:
@@ -457,7 +468,7 @@ def evaluate(cfg: Config) -> dict:
     result = summarize(cfg, examples, systems, scores, errors)
     result["config"] = cfg.to_dict()
     write_per_example(out_dir / "per_example.jsonl", examples, systems, records, scores, errors)
-    (out_dir / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    (out_dir / "results.json").write_text(json.dumps(_no_nan(result), indent=2, ensure_ascii=False) + "\n")
     report = markdown_report(result)
     (out_dir / "results.md").write_text(report)
     print(report)
@@ -492,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished batches are saved; rerun the same command to resume", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -154,21 +154,29 @@ def bertscore_f1(
     device: Optional[str] = None,
     batch_size: int = 32,
 ) -> list[float]:
-    """BERTScore F1 per pair (no baseline rescaling, no idf): bert_score's defaults."""
-    if not predictions:
-        return []
+    """BERTScore F1 per pair (no baseline rescaling, no idf): bert_score's defaults.
+
+    An empty prediction scores 0 without reaching bert_score: its own empty-string path
+    calls a tokenizer method that transformers 5 removed.
+    """
+    scored = [i for i, p in enumerate(predictions) if p.strip()]
+    f1_all = [0.0] * len(predictions)
+    if not scored:
+        return f1_all
     from bert_score import score
 
     _, _, f1 = score(
-        list(predictions),
-        list(references),
+        [predictions[i] for i in scored],
+        [references[i] for i in scored],
         model_type=model_type,
         num_layers=num_layers,
         device=device,
         batch_size=batch_size,
         verbose=False,
     )
-    return [float(x) for x in f1]
+    for i, value in zip(scored, f1):
+        f1_all[i] = float(value)
+    return f1_all
 
 
 # --- bootstrap ------------------------------------------------------------------------

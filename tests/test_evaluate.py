@@ -176,3 +176,14 @@ def test_bad_input_is_one_line_error(lively_model_dir, test_file, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1]
     assert not any("Traceback" in line for line in err)
+
+
+def test_nothing_scorable_still_reports(tmp_path, capsys):
+    data = tmp_path / "empty.jsonl"
+    data.write_text(json.dumps({"id": "a", "article": "", "highlights": "x ."}) + "\n")
+    out = tmp_path / "eval"
+    argv = _argv("unused", data, out, "--systems", "lead3")
+    assert main(argv) == 0
+    result = json.loads((out / "results.json").read_text())  # strict JSON: no NaN
+    assert result["systems"]["lead3"]["rougeL"] is None and result["systems"]["lead3"]["num_failed"] == 1
+    assert "| LEAD-3 | n/a |" in capsys.readouterr().out
