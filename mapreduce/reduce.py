@@ -1,0 +1,179 @@
+"""Reduce partial summaries to one summary: collapse while too long, then a final reduce.
+
+The steps follow LangGraph's map-reduce summarization recipe, as plain named levels:
+
+    map        every chunk -> a partial summary               (the engine does this)
+    collapse-k while the partial summaries, joined in document order, exceed the budget:
+               pack consecutive summaries into groups that fit, summarize each group
+    final      summarize the joined summaries once more -> the document's summary
+
+Two guards make it terminate on any summarizer: every collapse level must shrink the text
+(in tokens), else ReduceError; and at most `max_depth` collapse levels run, else ReduceError.
+A single summary longer than the budget is cut by `split` (the chunker) into pieces that
+fit, in order, rather than truncated; with no `split` it is a ReduceError.
+
+No Ray and no model here: the logic takes a token counter and, for the synchronous
+`reduce_summaries`, a `summarize(list[str]) -> list[str]` callable. The engine drives the
+same `ReduceState` one level at a time, with each level's summaries computed on Ray actors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
+
+JOINER = "\n\n"  # partial summaries are joined as paragraphs, in document order
+
+CountTokens = Callable[[str], int]
+Summarize = Callable[[list[str]], list[str]]
+Split = Callable[[str], list[str]]
+
+
+class ReduceError(RuntimeError):
+    """Reduce cannot finish (no shrinking, too deep, an over-long summary); one line."""
+
+
+@dataclass
+class ReduceLevel:
+    name: str  # "collapse-1", "collapse-2", ..., "final"
+    sources: list[list[int]]  # per input: indices of the previous level's texts it holds
+    inputs: list[str]  # texts sent to the summarizer, one per group
+    input_tokens: int  # tokens of the previous level's texts, joined
+    outputs: Optional[list[str]] = None
+    output_tokens: Optional[int] = None
+    seconds: Optional[float] = None  # filled by whoever times the summarizer
+
+    def to_dict(self, count_tokens: CountTokens) -> dict:
+        d = asdict(self)
+        d["inputs"] = [{"sources": s, "tokens": count_tokens(t)} for s, t in zip(self.sources, self.inputs)]
+        del d["sources"]
+        if self.outputs is not None:
+            d["outputs"] = [{"text": t, "tokens": count_tokens(t)} for t in self.outputs]
+        return d
+
+
+def pack_groups(texts: Sequence[str], count_tokens: CountTokens, budget: int, joiner: str = JOINER) -> list[list[int]]:
+    """Consecutive runs of texts whose joined length fits the budget (greedy, order kept).
+
+    A text that alone exceeds the budget gets a group of its own; callers split it first.
+    """
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in range(len(texts)):
+        candidate = current + [i]
+        if current and count_tokens(joiner.join(texts[j] for j in candidate)) > budget:
+            groups.append(current)
+            candidate = [i]
+        current = candidate
+    if current:
+        groups.append(current)
+    return groups
+
+
+@dataclass
+class ReduceState:
+    """One document's reduce, advanced one level at a time: `pending` in, `accept(outputs)`."""
+
+    count_tokens: CountTokens
+    budget: int  # tokens a summarizer input may hold (the chunk size)
+    max_depth: int  # collapse levels allowed before the final one
+    split: Optional[Split] = None
+    joiner: str = JOINER
+    levels: list[ReduceLevel] = field(default_factory=list)
+    summary: Optional[str] = None
+
+    @classmethod
+    def start(cls, summaries: Sequence[str], count_tokens: CountTokens, budget: int, max_depth: int,
+              split: Optional[Split] = None, joiner: str = JOINER) -> "ReduceState":
+        state = cls(count_tokens, budget, max_depth, split, joiner)
+        if not summaries:
+            raise ReduceError("nothing to reduce: no partial summaries")
+        state._plan(list(summaries))
+        return state
+
+    @property
+    def done(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def level(self) -> ReduceLevel:
+        return self.levels[-1]
+
+    @property
+    def pending(self) -> list[str]:
+        """Texts to summarize for the current level (empty once done)."""
+        return [] if self.done else list(self.level.inputs)
+
+    def accept(self, outputs: Sequence[str]) -> None:
+        """Record the current level's summaries (one per input, in order); plan the next level."""
+        level = self.level
+        if self.done:
+            raise ReduceError("reduce is already finished")
+        if len(outputs) != len(level.inputs):
+            raise ReduceError(f"{level.name}: got {len(outputs)} summaries for {len(level.inputs)} inputs")
+        level.outputs = list(outputs)
+        level.output_tokens = self.count_tokens(self.joiner.join(outputs))
+        if level.name == "final":
+            self.summary = level.outputs[0]
+            return
+        if level.output_tokens >= level.input_tokens:
+            raise ReduceError(
+                f"{level.name} did not shrink the text ({level.input_tokens} -> {level.output_tokens} tokens): "
+                "the summaries are as long as what they summarize"
+            )
+        self._plan(level.outputs)
+
+    def _plan(self, texts: list[str]) -> None:
+        joined = self.joiner.join(texts)
+        total = self.count_tokens(joined)
+        if total <= self.budget:
+            self.levels.append(ReduceLevel("final", [list(range(len(texts)))], [joined], total))
+            return
+        depth = sum(1 for lv in self.levels if lv.name.startswith("collapse"))
+        if depth >= self.max_depth:
+            raise ReduceError(
+                f"summaries still {total} tokens (budget {self.budget}) after {depth} collapse levels "
+                "(max_reduce_depth)"
+            )
+        pieces, sources = self._cut_oversized(texts)
+        groups = pack_groups(pieces, self.count_tokens, self.budget, self.joiner)
+        inputs = [self.joiner.join(pieces[j] for j in g) for g in groups]
+        group_sources = [sorted({sources[j] for j in g}) for g in groups]
+        self.levels.append(ReduceLevel(f"collapse-{depth + 1}", group_sources, inputs, total))
+
+    def _cut_oversized(self, texts: list[str]) -> tuple[list[str], list[int]]:
+        """Texts with any over-budget one split into pieces; pieces[i] came from texts[sources[i]]."""
+        pieces: list[str] = []
+        sources: list[int] = []
+        for i, text in enumerate(texts):
+            tokens = self.count_tokens(text)
+            if tokens <= self.budget:
+                parts = [text]
+            elif self.split is None:
+                raise ReduceError(f"a partial summary of {tokens} tokens exceeds the reduce budget ({self.budget})")
+            else:
+                parts = self.split(text)
+                too_long = [self.count_tokens(p) for p in parts if self.count_tokens(p) > self.budget]
+                if not parts or too_long:
+                    raise ReduceError(f"cannot split a partial summary of {tokens} tokens to fit {self.budget}")
+            pieces.extend(parts)
+            sources.extend([i] * len(parts))
+        return pieces, sources
+
+    def to_dicts(self) -> list[dict]:
+        return [lv.to_dict(self.count_tokens) for lv in self.levels]
+
+
+def reduce_summaries(
+    summaries: Sequence[str],
+    summarize: Summarize,
+    count_tokens: CountTokens,
+    budget: int,
+    max_depth: int,
+    split: Optional[Split] = None,
+) -> ReduceState:
+    """Synchronous reduce: collapse until the text fits, then one final summary (`.summary`)."""
+    state = ReduceState.start(summaries, count_tokens, budget, max_depth, split)
+    while not state.done:
+        state.accept(summarize(state.pending))
+    return state

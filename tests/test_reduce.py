@@ -1,0 +1,171 @@
+"""Reduce logic with fake summarizers: it terminates, keeps document order, never loses text."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mapreduce.reduce import JOINER, ReduceError, ReduceState, pack_groups, reduce_summaries
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+MARKER = re.compile(r"\bM\d{3}\b")
+
+
+def partial(i: int, filler: int = 9) -> str:
+    """A partial summary: its marker M### then filler words."""
+    return " ".join([f"M{i:03d}"] + ["filler"] * filler)
+
+
+def keep_markers(texts: list[str]) -> list[str]:
+    """A summarizer that keeps only the markers, in order: it always shrinks, never drops one."""
+    return [" ".join(MARKER.findall(t)) for t in texts]
+
+
+class Recorder:
+    def __init__(self, fn):
+        self.fn = fn
+        self.calls: list[list[str]] = []
+
+    def __call__(self, texts):
+        self.calls.append(list(texts))
+        return self.fn(texts)
+
+
+def split_words(budget):
+    def split(text):
+        w = text.split()
+        return [" ".join(w[i:i + budget]) for i in range(0, len(w), budget)]
+
+    return split
+
+
+def test_short_enough_goes_straight_to_final():
+    summaries = [partial(i) for i in range(3)]
+    fake = Recorder(keep_markers)
+    state = reduce_summaries(summaries, fake, words, budget=100, max_depth=4)
+    assert [lv.name for lv in state.levels] == ["final"]
+    assert fake.calls == [[JOINER.join(summaries)]]
+    assert state.summary == "M000 M001 M002"
+
+
+def test_collapses_until_it_fits_and_keeps_order():
+    summaries = [partial(i) for i in range(40)]  # 400 words, budget 50
+    fake = Recorder(keep_markers)
+    state = reduce_summaries(summaries, fake, words, budget=50, max_depth=4)
+    assert [lv.name for lv in state.levels] == ["collapse-1", "final"]
+    collapse = state.levels[0]
+    # groups are consecutive runs covering every summary once, each fitting the budget
+    assert [s for group in collapse.sources for s in group] == list(range(40))
+    assert all(words(t) <= 50 for t in collapse.inputs)
+    assert collapse.output_tokens < collapse.input_tokens == 400
+    assert state.summary.split() == [f"M{i:03d}" for i in range(40)]
+
+
+def test_several_collapse_levels():
+    summaries = [partial(i, filler=30) for i in range(60)]
+
+    def halve(texts):  # keeps markers, halves the filler: several levels needed
+        return [" ".join(MARKER.findall(t) + ["f"] * (words(t) // 4)) for t in texts]
+
+    state = reduce_summaries(summaries, halve, words, budget=120, max_depth=6)
+    names = [lv.name for lv in state.levels]
+    assert names[-1] == "final" and len(names) >= 3
+    assert names[:-1] == [f"collapse-{k}" for k in range(1, len(names))]
+    assert MARKER.findall(state.summary) == [f"M{i:03d}" for i in range(60)]
+    for level in state.levels[:-1]:
+        assert level.output_tokens < level.input_tokens
+
+
+def test_summaries_that_do_not_shrink_stop_with_an_error():
+    fake = Recorder(lambda texts: list(texts))  # echoes its input
+    with pytest.raises(ReduceError, match="did not shrink") as err:
+        reduce_summaries([partial(i) for i in range(40)], fake, words, budget=50, max_depth=10)
+    assert "\n" not in str(err.value)
+    assert len(fake.calls) == 1
+
+
+def test_summaries_that_grow_stop_with_an_error():
+    fake = Recorder(lambda texts: [t + " more words" for t in texts])
+    with pytest.raises(ReduceError, match="did not shrink"):
+        reduce_summaries([partial(i) for i in range(40)], fake, words, budget=50, max_depth=10)
+    assert len(fake.calls) == 1
+
+
+def test_depth_is_capped():
+    # shrinks by one word per group per level: always "shrinking", never enough
+    fake = Recorder(lambda texts: [" ".join(t.split()[:-1]) for t in texts])
+    with pytest.raises(ReduceError, match="max_reduce_depth"):
+        reduce_summaries([partial(i) for i in range(40)], fake, words, budget=50, max_depth=3)
+    assert len(fake.calls) == 3
+
+
+def test_zero_depth_allows_only_the_final_reduce():
+    with pytest.raises(ReduceError, match="after 0 collapse levels"):
+        reduce_summaries([partial(i) for i in range(40)], keep_markers, words, budget=50, max_depth=0)
+    state = reduce_summaries([partial(i) for i in range(3)], keep_markers, words, budget=50, max_depth=0)
+    assert state.summary == "M000 M001 M002"
+
+
+def test_one_huge_summary_is_split_not_truncated():
+    huge = " ".join(f"M{i:03d} x x x x x x x x x" for i in range(100, 130))  # 300 words, budget 50
+    summaries = [partial(0), partial(1), huge, partial(2)]
+    fake = Recorder(keep_markers)
+    state = reduce_summaries(summaries, fake, words, budget=50, max_depth=4, split=split_words(50))
+    collapse = state.levels[0]
+    assert all(words(t) <= 50 for t in collapse.inputs)
+    assert [2] in collapse.sources  # groups holding only pieces of the huge summary
+    expected = ["M000", "M001"] + [f"M{i:03d}" for i in range(100, 130)] + ["M002"]
+    assert MARKER.findall(state.summary) == expected
+
+
+def test_one_huge_summary_without_a_splitter_is_an_error():
+    huge = " ".join(["word"] * 400)
+    with pytest.raises(ReduceError, match="exceeds the reduce budget"):
+        reduce_summaries([partial(0), huge], keep_markers, words, budget=50, max_depth=4)
+
+
+def test_a_splitter_that_cannot_fit_is_an_error():
+    huge = " ".join(["word"] * 400)
+    with pytest.raises(ReduceError, match="cannot split"):
+        reduce_summaries([huge], keep_markers, words, budget=50, max_depth=4, split=split_words(80))
+
+
+def test_wrong_number_of_summaries_and_empty_input():
+    with pytest.raises(ReduceError, match="got 1 summaries for"):
+        reduce_summaries([partial(i) for i in range(40)], lambda t: ["x"], words, budget=50, max_depth=4)
+    with pytest.raises(ReduceError, match="nothing to reduce"):
+        ReduceState.start([], words, 50, 4)
+
+
+def test_state_is_driven_level_by_level():
+    state = ReduceState.start([partial(i) for i in range(40)], words, 50, 4)
+    assert state.level.name == "collapse-1" and not state.done
+    state.accept(keep_markers(state.pending))
+    assert state.level.name == "final" and len(state.pending) == 1
+    state.accept(["the summary"])
+    assert state.done and state.summary == "the summary" and state.pending == []
+    tree = state.to_dicts()
+    assert [lv["name"] for lv in tree] == ["collapse-1", "final"]
+    assert tree[0]["inputs"][0]["sources"] == [0, 1, 2, 3, 4] and tree[0]["inputs"][0]["tokens"] == 50
+    with pytest.raises(ReduceError, match="already finished"):
+        state.accept(["again"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(1, 60), min_size=1, max_size=40), budget=st.integers(20, 100))
+def test_pack_groups_property(lengths, budget):
+    texts = [" ".join(["w"] * n) for n in lengths]
+    groups = pack_groups(texts, words, budget)
+    assert [i for g in groups for i in g] == list(range(len(texts)))  # consecutive, each once
+    for g, nxt in zip(groups, groups[1:] + [None]):
+        joined = words(JOINER.join(texts[i] for i in g))
+        assert joined <= budget or len(g) == 1  # fits, or a lone over-long text
+        if nxt is not None:  # greedy: the next text would not have fit
+            assert words(JOINER.join(texts[i] for i in g + [nxt[0]])) > budget
