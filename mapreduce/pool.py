@@ -1,0 +1,223 @@
+"""A pool of Ray actors, each holding one merged summarization model.
+
+    init_ray(cfg)                 join $RAY_ADDRESS / --ray-address, else start a quiet local cluster
+    pool = WorkerPool(cfg)        num_workers actors (default: one per GPU, or one on CPU)
+    pool.wait_ready()             surfaces a model that fails to load as one WorkerError
+    ref = pool.submit(i, texts, template)   -> ObjectRef of list[str], one summary per text
+    pool.close()
+
+An actor (SummarizerWorker) loads the base model + adapter once with
+core.models.load_for_inference, then for every call builds each prompt with
+core.prompt.build_prompt_ids (the training template and truncation budget
+`max_length - max_new_tokens`) and generates the batch with core.generation. It holds no
+summarization logic of its own.
+
+Resources: `num_gpus_per_worker` GPUs per actor (1, or a fraction such as 0.5 to share a
+GPU) when the cluster has GPUs; otherwise CPU actors, each pinned to
+`num_cpus_per_worker` threads (rounded, at least 1) so actors do not fight over cores.
+
+Faults: a crashed actor is restarted (`max_restarts`) and its calls retried
+(`max_task_retries`, `retry_exceptions=True`, so Python errors are retried too). The engine
+decides what a call that still fails means for its documents.
+
+On a cluster joined by address, the nodes need this package importable (installed, or the
+same checkout on their PYTHONPATH); a local cluster inherits the driver's sys.path.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import ray
+
+from core.config import Config
+
+FAULT_ENV = "MAPREDUCE_TEST_FAULT"  # test hook, see _injected_fault
+
+
+class WorkerError(RuntimeError):
+    """The worker pool cannot do its job (no actor could start, all died); one line."""
+
+
+def init_ray(cfg: Config, num_cpus: Optional[int] = None) -> bool:
+    """Connect to Ray; True if this call started it (the caller then shuts it down)."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address = cfg.mapreduce.ray_address or os.environ.get("RAY_ADDRESS")
+    quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+    return True
+
+
+def _injected_fault(texts: list[str]) -> set[int]:
+    """Faults on demand for the fault-tolerance tests, read from $MAPREDUCE_TEST_FAULT.
+
+    Comma-separated: `crash-once:PATH` kills this actor's process on the first call
+    anywhere in the pool (creating PATH marks that it happened); `fail-text:WORD` raises
+    on every batch holding a text that contains WORD; `empty-text:WORD` returns the
+    indices of texts containing WORD, whose summaries the caller then blanks.
+    """
+    blank: set[int] = set()
+    for spec in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        kind, _, arg = spec.partition(":")
+        if kind == "crash-once":
+            try:
+                fd = os.open(arg, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                continue
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            os._exit(1)
+        if kind == "fail-text" and any(arg in t for t in texts):
+            raise ValueError(f"injected failure on text containing {arg!r}")
+        if kind == "empty-text":
+            blank |= {i for i, t in enumerate(texts) if arg in t}
+    return blank
+
+
+class SummarizerWorker:
+    """One model in one process; `summarize(texts, template)` -> one summary per text."""
+
+    def __init__(self, cfg: Config, use_gpu: bool, num_threads: int):
+        import torch
+
+        from core.models import load_for_inference
+
+        cfg = copy.deepcopy(cfg)
+        if not use_gpu:
+            cfg.model.device = "cpu"
+            cfg.model.num_threads = num_threads
+            torch.set_num_threads(num_threads)
+        self.model, self.tokenizer = load_for_inference(cfg.model)
+        self.gen = cfg.generation
+        self.max_prompt_tokens = cfg.data.max_length - cfg.generation.max_new_tokens
+        self.device = str(next(self.model.parameters()).device)
+
+    def info(self) -> dict:
+        import torch
+
+        return {"pid": os.getpid(), "device": self.device, "threads": torch.get_num_threads()}
+
+    @ray.method(retry_exceptions=True)
+    def summarize(self, texts: list[str], template: str) -> list[str]:
+        from core.generation import generate_summaries
+        from core.prompt import build_prompt_ids
+
+        blank = _injected_fault(texts)
+        prompts = [build_prompt_ids(self.tokenizer, t, self.max_prompt_tokens, template) for t in texts]
+        summaries = generate_summaries(self.model, self.tokenizer, prompts, self.gen)
+        return [("" if i in blank else s) for i, s in enumerate(summaries)]
+
+
+def check_adapter(cfg: Config) -> None:
+    """Fail fast, in the driver, on an adapter dir the actors could not load."""
+    if cfg.model.adapter and not (Path(cfg.model.adapter).expanduser() / "adapter_config.json").exists():
+        raise WorkerError(f"adapter dir not found or has no adapter_config.json: {cfg.model.adapter}")
+
+
+def worker_resources(cfg: Config, cluster: dict) -> tuple[int, float, float]:
+    """(num_workers, gpus per worker, cpus per worker) for a cluster's resources dict."""
+    mr = cfg.mapreduce
+    gpus = float(cluster.get("GPU", 0))
+    use_gpu = gpus > 0 and mr.num_gpus_per_worker > 0
+    gpus_per = mr.num_gpus_per_worker if use_gpu else 0.0
+    if mr.num_workers is not None:
+        workers = mr.num_workers
+    elif use_gpu:
+        workers = max(1, int(gpus // gpus_per))
+    else:
+        workers = 1
+    return workers, gpus_per, mr.num_cpus_per_worker
+
+
+class WorkerPool:
+    """Ray actors with a model each; the engine submits batches and waits on the refs."""
+
+    def __init__(self, cfg: Config, env: Optional[dict[str, str]] = None):
+        if not ray.is_initialized():
+            raise WorkerError("Ray is not initialized: call mapreduce.pool.init_ray(cfg) first")
+        mr = cfg.mapreduce
+        cluster = ray.cluster_resources()
+        workers, gpus_per, cpus_per = worker_resources(cfg, cluster)
+        for name, need, have in (("GPU", gpus_per, cluster.get("GPU", 0)), ("CPU", cpus_per, cluster.get("CPU", 0))):
+            if need * workers > have + 1e-9:
+                raise WorkerError(
+                    f"{workers} workers x {need:g} {name} need {need * workers:g} {name}s, "
+                    f"the Ray cluster has {have:g} (lower num_workers or num_{name.lower()}s_per_worker)"
+                )
+        check_adapter(cfg)
+        # resources other jobs/actors hold now: the actors wait for them (say so, don't hang silently)
+        free = ray.available_resources()
+        self.waiting_note: Optional[str] = None
+        for name, need in (("GPU", gpus_per), ("CPU", cpus_per)):
+            if need * workers > free.get(name, 0) + 1e-9:
+                self.waiting_note = (
+                    f"waiting for {need * workers:g} free {name}s (the Ray cluster has {free.get(name, 0):g} free now)"
+                )
+        self.num_threads = max(1, round(cpus_per))
+        self.use_gpu = gpus_per > 0
+        options = dict(
+            num_cpus=cpus_per,
+            num_gpus=gpus_per,
+            max_restarts=max(1, mr.max_task_retries),
+            max_task_retries=mr.max_task_retries,
+        )
+        if env:
+            options["runtime_env"] = {"env_vars": dict(env)}
+        actor_cls = ray.remote(SummarizerWorker)
+        self.actors = [
+            actor_cls.options(**options).remote(cfg, self.use_gpu, self.num_threads) for _ in range(workers)
+        ]
+        self.alive = [True] * workers
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def wait_ready(self, timeout: Optional[float] = None) -> list[dict]:
+        """Block until every actor has loaded its model; WorkerError (one line) if one cannot."""
+        try:
+            return ray.get([a.info.remote() for a in self.actors], timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise WorkerError(f"workers did not load their models within {timeout:g}s") from None
+        except ray.exceptions.RayError as exc:
+            raise WorkerError(f"a worker failed to start: {short_error(exc)}") from None
+
+    def submit(self, index: int, texts: list[str], template: str) -> "ray.ObjectRef":
+        return self.actors[index].summarize.remote(list(texts), template)
+
+    def check_alive(self, index: int, timeout: float = 300.0) -> bool:
+        """After a failed call: is the actor still there (restarted) or dead for good?"""
+        if not self.alive[index]:
+            return False
+        try:
+            ray.get(self.actors[index].info.remote(), timeout=timeout)
+        except ray.exceptions.RayError:
+            self.alive[index] = False
+        return self.alive[index]
+
+    def close(self) -> None:
+        for actor in self.actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # already gone
+                pass
+        self.actors = []
+        self.alive = []
+
+
+def short_error(exc: BaseException) -> str:
+    """The last meaningful line of an exception (Ray wraps remote tracebacks)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and cause is not exc:
+        exc = cause
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    line = lines[-1] if lines else ""
+    return f"{type(exc).__name__}: {line}" if line and type(exc).__name__ not in line else (line or type(exc).__name__)
