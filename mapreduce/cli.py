@@ -1,0 +1,204 @@
+"""`summarize`: long documents in, summaries out, map-reduced over Ray actors.
+
+    python -m mapreduce.cli summarize report.txt notes.md       (== summarizer summarize ...)
+    cat report.txt | python -m mapreduce.cli summarize - --json > report.json
+
+Inputs are checked before Ray starts or a model loads: a missing file, an empty or
+whitespace-only text, binary or non-UTF-8 bytes each stop the run with one `error:` line.
+Summaries go to stdout (plain text, or JSON with the chunk/level tree); progress, Ray
+start-up and the total time go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from core.config import ConfigError, add_config_flags, config_from_args
+
+CONFIG_SECTIONS = ("model", "data", "generation", "mapreduce", "batch")
+EXAMPLES = """\
+examples:
+  python -m mapreduce.cli summarize --config configs/smollm2_cpu.yaml long.txt
+  python -m mapreduce.cli summarize --base-model embedded:smollm2 --max-length 512 \\
+      --chunk-size 380 --chunk-overlap 40 --max-new-tokens 80 long.txt --json
+  summarizer summarize --adapter adapters/qwen --num-workers 4 --num-gpus-per-worker 0.5 a.md b.md
+  RAY_ADDRESS=ray://head:10001 summarizer summarize big.txt     # join an existing cluster
+"""
+
+
+class InputError(ValueError):
+    """An input file the CLI refuses; one line for the user."""
+
+
+def read_input(name: str) -> str:
+    """The text of a file (or stdin for '-'), refusing what is not a non-empty UTF-8 text."""
+    label = "<stdin>" if name == "-" else name
+    if name == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        path = Path(name)
+        if not path.exists():
+            raise InputError(f"{label}: no such file")
+        if path.is_dir():
+            raise InputError(f"{label}: is a directory, not a text file")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"{label}: cannot read ({exc.strerror or exc})") from None
+    if b"\x00" in data:
+        raise InputError(f"{label}: looks like a binary file (NUL bytes), not text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{label}: not UTF-8 text (invalid byte at offset {exc.start})") from None
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        raise InputError(f"{label}: is empty (no text to summarize)")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mapreduce.cli",
+        description="Summarize long documents with the LoRA news summarizer, map-reduced over Ray actors.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="summarize")
+    s = sub.add_parser(
+        "summarize",
+        help="summarize one or more long documents",
+        description=(
+            "Split each document into chunks that fit the adapter's training length, summarize "
+            "every chunk on a pool of Ray actors, then reduce the partial summaries level by level "
+            "into one summary. Joins $RAY_ADDRESS (or --ray-address) if set, else starts a local "
+            "Ray cluster for the run."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("inputs", nargs="+", metavar="FILE", help="UTF-8 text files (.txt, .md), or - for stdin")
+    s.add_argument("--json", action="store_true",
+                   help="print JSON: summary, token counts, timings and the tree (chunk spans, every level)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_config_flags(s, sections=CONFIG_SECTIONS)
+    return parser
+
+
+class _ProgressBar:
+    """Chunks summarized / total on stderr, with the latest reduce level as the postfix."""
+
+    def __init__(self, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=0, desc="chunks", unit="chunk", file=sys.stderr, disable=not enabled,
+                        dynamic_ncols=True, mininterval=0.5)
+        self.single_chunk: set[str] = set()
+
+    def __call__(self, event) -> None:
+        if event.kind == "document":
+            self.bar.total += event.total
+            if event.total == 1:
+                self.single_chunk.add(event.doc_id)
+            self.bar.refresh()
+        elif event.kind == "item" and (event.level == "map" or event.doc_id in self.single_chunk):
+            self.bar.update(1)
+        elif event.kind == "level" and event.level != "map":
+            self.bar.set_postfix_str(f"{event.doc_id}: {event.level} ({event.total} inputs)")
+        elif event.kind == "finished" and event.error:
+            self.bar.write(f"{event.doc_id}: failed: {event.error}", file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def summarize(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    cfg = config_from_args(args)
+    if args.inputs.count("-") > 1:
+        raise InputError("'-' (stdin) can be given only once")
+    texts = {name: read_input(name) for name in dict.fromkeys(args.inputs)}
+
+    # everything that can be checked without Ray: model files, adapter, chunk budget
+    from core.models import load_tokenizer
+    from mapreduce.chunking import Chunker
+    from mapreduce.pool import check_adapter
+
+    tokenizer = load_tokenizer(cfg.model, padding_side="left")
+    Chunker.from_config(tokenizer, cfg)
+    check_adapter(cfg)
+
+    import ray
+
+    from mapreduce.engine import MapReduceEngine
+    from mapreduce.pool import WorkerPool, init_ray
+
+    started_ray = init_ray(cfg)
+    pool = None
+    bar = None
+    try:
+        pool = WorkerPool(cfg)
+        _say(f"loading the model on {len(pool)} Ray worker(s) ...")
+        if pool.waiting_note:
+            _say(pool.waiting_note)
+        infos = pool.wait_ready()
+        _say("workers ready: " + ", ".join(f"{i['device']} ({i['threads']} threads)" for i in infos)
+             + f" [{time.perf_counter() - started:.1f}s]")
+        bar = _ProgressBar(enabled=not args.no_progress)
+        engine = MapReduceEngine(cfg, pool, tokenizer=tokenizer, on_progress=bar)
+        results = {r.doc_id: r for r in engine.run(texts.items())}
+    finally:
+        if bar is not None:
+            bar.close()
+        if pool is not None:
+            pool.close()
+        if started_ray:
+            ray.shutdown()
+
+    ordered = [results[name] for name in texts]
+    if args.json:
+        payload = [dict(r.to_dict(tree=True), source=r.doc_id) for r in ordered]
+        print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2, ensure_ascii=False))
+    else:
+        for r in ordered:
+            if r.ok:
+                print(f"==> {r.doc_id} <==\n{r.summary}\n" if len(ordered) > 1 else r.summary)
+    for r in ordered:
+        if r.ok and r.tokens.get("empty_summaries"):
+            _say(f"warning: {r.doc_id}: the model returned {r.tokens['empty_summaries']} empty partial "
+                 "summaries; their text is missing from the summary")
+    failed = [r for r in ordered if not r.ok]
+    for r in failed:
+        _say(f"error: {r.doc_id}: {r.error}")
+    chunks = sum(r.tokens.get("chunks", 0) for r in ordered)
+    _say(f"summarized {len(ordered) - len(failed)}/{len(ordered)} document(s), {chunks} chunks, "
+         f"in {time.perf_counter() - started:.1f}s total")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    args = build_parser().parse_args(argv)
+    from core.models import ModelError
+    from mapreduce.pool import WorkerError
+
+    try:
+        return summarize(args)
+    except (ConfigError, InputError, ModelError, WorkerError) as exc:
+        _say(f"error: {exc}")
+        return 2 if isinstance(exc, InputError) else 1
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
