@@ -135,9 +135,10 @@ class _EmptySummary(RuntimeError):
     """The model returned an empty final summary: a failed document, not an empty success."""
 
 
-def _check_not_empty(level: ReduceLevel) -> None:
+def _check_not_empty(level: ReduceLevel, adapter: Optional[str]) -> None:
     if not level.outputs[0].strip():
-        raise _EmptySummary("the model returned an empty summary at the final level")
+        hint = "" if adapter else " (no adapter loaded: a base model often stops at once on the news template)"
+        raise _EmptySummary("the model returned an empty summary at the final level" + hint)
 
 
 @dataclass(eq=False)
@@ -276,7 +277,7 @@ class MapReduceEngine:
             level.outputs = outputs
             level.output_tokens = self.count_tokens(JOINER.join(outputs))
             if level.name == "final":
-                _check_not_empty(level)
+                _check_not_empty(level, self.cfg.model.adapter)
                 doc.closed = True
                 return []
             doc.reduce = ReduceState.start(
@@ -286,7 +287,7 @@ class MapReduceEngine:
         else:
             doc.reduce.accept(outputs)
             if doc.reduce.done:
-                _check_not_empty(level)
+                _check_not_empty(level, self.cfg.model.adapter)
                 doc.closed = True
                 return []
         return self._begin(doc, doc.reduce.level, "reduce")

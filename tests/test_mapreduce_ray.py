@@ -167,5 +167,5 @@ def test_crash_in_a_task_and_a_chunk_that_always_fails(ray_cluster, tiny_model_d
     assert bad.error.startswith("map input") and "failed after retries" in bad.error and "POISONWORD" in bad.error
     # an empty final summary is a failed document, never an empty success
     assert results["blank"].summary is None
-    assert results["blank"].error == "the model returned an empty summary at the final level"
+    assert results["blank"].error.startswith("the model returned an empty summary at the final level")
     assert results["clean"].tokens["empty_summaries"] == 0
