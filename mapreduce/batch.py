@@ -20,7 +20,6 @@ import argparse
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -68,33 +67,6 @@ def _check_output_writable(path: Path) -> None:
         raise CorpusError(f"output not writable: {path}")
 
 
-@contextmanager
-def open_engine(cfg: Config, on_progress=None):
-    """A ready MapReduceEngine on a worker pool; Ray and the pool are closed on exit."""
-    import ray
-
-    from core.models import load_tokenizer
-    from mapreduce.chunking import Chunker
-    from mapreduce.engine import MapReduceEngine
-    from mapreduce.pool import WorkerPool, check_adapter, init_ray
-
-    tokenizer = load_tokenizer(cfg.model, padding_side="left")
-    Chunker.from_config(tokenizer, cfg)  # a chunk budget that cannot fit fails here, before Ray
-    check_adapter(cfg)
-    started_ray = init_ray(cfg)
-    pool = None
-    try:
-        pool = WorkerPool(cfg)
-        infos = pool.wait_ready()
-        _say("workers ready: " + ", ".join(f"{i['device']} ({i['threads']} threads)" for i in infos))
-        yield MapReduceEngine(cfg, pool, tokenizer=tokenizer, on_progress=on_progress)
-    finally:
-        if pool is not None:
-            pool.close()
-        if started_ray:
-            ray.shutdown()
-
-
 class _Tally:
     def __init__(self) -> None:
         self.ok = 0
@@ -113,6 +85,8 @@ class _Tally:
 
 def run_batch(cfg: Config, input_path: Path, output_path: Path, progress: bool = True) -> _Tally:
     from tqdm import tqdm
+
+    from mapreduce.engine import open_engine
 
     id_field, text_field = cfg.data.id_field, cfg.batch.text_field
     _check_output_writable(output_path)
@@ -144,7 +118,7 @@ def run_batch(cfg: Config, input_path: Path, output_path: Path, progress: bool =
                     lines[row.id] = row.line
                     yield row.id, row.text
 
-        with open_engine(cfg) as engine:
+        with open_engine(cfg, say=_say) as engine:
             try:
                 for result in engine.run(documents()):
                     out.write(

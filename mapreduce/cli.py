@@ -92,13 +92,16 @@ class _ProgressBar:
     """Chunks summarized / total on stderr, with the latest reduce level as the postfix."""
 
     def __init__(self, enabled: bool):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=0, desc="chunks", unit="chunk", file=sys.stderr, disable=not enabled,
-                        dynamic_ncols=True, mininterval=0.5)
+        self.enabled = enabled
+        self.bar = None  # made at the first event, so it starts below the "workers ready" line
         self.single_chunk: set[str] = set()
 
     def __call__(self, event) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=0, desc="chunks", unit="chunk", file=sys.stderr, disable=not self.enabled,
+                            dynamic_ncols=True, mininterval=0.5)
         if event.kind == "document":
             self.bar.total += event.total
             if event.total == 1:
@@ -112,7 +115,8 @@ class _ProgressBar:
             self.bar.write(f"{event.doc_id}: failed: {event.error}", file=sys.stderr)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _say(message: str) -> None:
@@ -126,41 +130,14 @@ def summarize(args: argparse.Namespace) -> int:
         raise InputError("'-' (stdin) can be given only once")
     texts = {name: read_input(name) for name in dict.fromkeys(args.inputs)}
 
-    # everything that can be checked without Ray: model files, adapter, chunk budget
-    from core.models import load_tokenizer
-    from mapreduce.chunking import Chunker
-    from mapreduce.pool import check_adapter
+    from mapreduce.engine import open_engine
 
-    tokenizer = load_tokenizer(cfg.model, padding_side="left")
-    Chunker.from_config(tokenizer, cfg)
-    check_adapter(cfg)
-
-    import ray
-
-    from mapreduce.engine import MapReduceEngine
-    from mapreduce.pool import WorkerPool, init_ray
-
-    started_ray = init_ray(cfg)
-    pool = None
-    bar = None
+    bar = _ProgressBar(enabled=not args.no_progress)
     try:
-        pool = WorkerPool(cfg)
-        _say(f"loading the model on {len(pool)} Ray worker(s) ...")
-        if pool.waiting_note:
-            _say(pool.waiting_note)
-        infos = pool.wait_ready()
-        _say("workers ready: " + ", ".join(f"{i['device']} ({i['threads']} threads)" for i in infos)
-             + f" [{time.perf_counter() - started:.1f}s]")
-        bar = _ProgressBar(enabled=not args.no_progress)
-        engine = MapReduceEngine(cfg, pool, tokenizer=tokenizer, on_progress=bar)
-        results = {r.doc_id: r for r in engine.run(texts.items())}
+        with open_engine(cfg, on_progress=bar, say=_say) as engine:
+            results = {r.doc_id: r for r in engine.run(texts.items())}
     finally:
-        if bar is not None:
-            bar.close()
-        if pool is not None:
-            pool.close()
-        if started_ray:
-            ray.shutdown()
+        bar.close()
 
     ordered = [results[name] for name in texts]
     if args.json:

@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -386,3 +388,36 @@ class MapReduceEngine:
             ref = self.pool.submit(worker, [it.text for it in batch], head.template)
             inflight[ref] = _Call(worker, batch)
             load[worker] += 1
+
+
+@contextmanager
+def open_engine(cfg: Config, on_progress: Optional[Callable[[Progress], None]] = None, say=None):
+    """A ready engine on a fresh worker pool; the pool (and Ray, if started here) closed on exit.
+
+    Everything that can be checked without Ray (model files, adapter dir, chunk budget)
+    is checked first, so a bad input fails in a second rather than after Ray starts.
+    """
+    from core.models import load_tokenizer
+    from mapreduce.pool import check_adapter, init_ray
+
+    say = say or (lambda message: print(message, file=sys.stderr, flush=True))
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(cfg.model, padding_side="left")
+    Chunker.from_config(tokenizer, cfg)
+    check_adapter(cfg)
+    started_ray = init_ray(cfg)
+    pool = None
+    try:
+        pool = WorkerPool(cfg)
+        say(f"loading the model on {len(pool)} Ray worker(s) ...")
+        if pool.waiting_note:
+            say(pool.waiting_note)
+        infos = pool.wait_ready()
+        say("workers ready: " + ", ".join(f"{i['device']} ({i['threads']} threads)" for i in infos)
+            + f" [{time.perf_counter() - started:.1f}s]")
+        yield MapReduceEngine(cfg, pool, tokenizer=tokenizer, on_progress=on_progress)
+    finally:
+        if pool is not None:
+            pool.close()
+        if started_ray:
+            ray.shutdown()
