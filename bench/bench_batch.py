@@ -1,6 +1,6 @@
 """Benchmark: the batch job's throughput against one-document-at-a-time, and 1 vs 2 actors.
 
-    python bench/bench_batch.py [--num-docs 12] [--config configs/smollm2_cpu.yaml] [config flags]
+    python bench/bench_batch.py --adapter adapters/smollm2-cnndm [--num-docs 12] [--config configs/smollm2_cpu.yaml] [config flags]
 
 All three runs summarize the same documents with the same model in one process, timed
 after the workers have loaded their models:
@@ -48,8 +48,10 @@ def timed(cfg, docs, one_at_a_time: bool) -> tuple[float, int]:
         else:
             results = list(engine.run(docs))
         elapsed = time.perf_counter() - started
-    failed = sum(not r.ok for r in results)
-    return elapsed, failed
+    errors = [r.error for r in results if not r.ok]
+    if errors:
+        print(f"  first error: {errors[0]}", flush=True)
+    return elapsed, len(errors)
 
 
 def main() -> int:
