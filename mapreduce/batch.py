@@ -59,11 +59,10 @@ def _say(message: str) -> None:
 
 
 def _check_output_writable(path: Path) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise CorpusError(f"--output is a directory: {path}")
-    parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise CorpusError(f"output not writable: {path}")
 
 

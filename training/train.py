@@ -268,7 +268,6 @@ def _check_settings(cfg: Config, has_eval: bool) -> None:
 
 
 def train(cfg: Config) -> int:
-    import torch
     from transformers import EarlyStoppingCallback, Trainer, set_seed
 
     from core.collator import SummaryCollator
