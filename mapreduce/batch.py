@@ -9,14 +9,23 @@ Runs the same locally (a local Ray cluster is started) and under
 The corpus is streamed (JSONL, JSONL.gz, or a directory of .txt/.md files); chunks of many
 documents go to the actor pool together (mapreduce.engine). Each finished document is
 appended to the output and flushed at once, so a crash or Ctrl-C loses only documents in
-flight; rerunning the same command skips the ids already done. Bad rows (malformed JSON,
-missing or empty text, duplicate id) become `error` lines with their line number and the
-job goes on. The exit code is non-zero when any document failed.
+flight; rerunning the same command skips the ids already done, and starts no Ray and no
+model when nothing is left. Bad rows (malformed JSON, missing or empty text, duplicate id)
+become `error` lines with their line number and the job goes on. The exit code is
+non-zero when any document failed.
+
+The output is guarded: it must not be the input, a symlink, a device/FIFO/directory, or an
+existing file that is not a batch output; one job at a time writes it (`<output>.lock`);
+and a rerun whose settings (`setup` fingerprint on every row) differ refuses to mix them in.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import itertools
+import json
 import os
 import sys
 import time
@@ -29,9 +38,11 @@ from mapreduce.corpus import (
     CorpusError,
     Document,
     OutputWriter,
+    check_output_path,
     compact_output,
     count_rows,
     iter_rows,
+    output_lock,
     row_key,
 )
 
@@ -59,11 +70,37 @@ def _say(message: str) -> None:
 
 
 def _check_output_writable(path: Path) -> None:
-    if path.is_dir():
-        raise CorpusError(f"--output is a directory: {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CorpusError(f"cannot create the directory of --output {path}: {exc.strerror}") from None
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise CorpusError(f"output not writable: {path}")
+
+
+def setup_fingerprint(cfg: Config) -> str:
+    """Short sha1 of every setting that changes a summary, so a rerun never mixes two setups."""
+    adapter = cfg.model.adapter
+    weights: dict[str, int] = {}
+    if adapter:
+        folder = Path(adapter).expanduser()
+        weights = {p.name: p.stat().st_mtime_ns for p in sorted(folder.glob("adapter_model.*")) if p.is_file()}
+    generation = dataclasses.asdict(cfg.generation)
+    generation.pop("generation_batch_size", None)  # batching does not change what is generated
+    settings = {
+        "base_model": cfg.model.base_model,
+        "adapter": os.path.normpath(adapter) if adapter else None,
+        "adapter_weights_mtime_ns": weights,
+        "prompt_template": cfg.data.prompt_template,
+        "reduce_template": cfg.mapreduce.reduce_template,
+        "max_length": cfg.data.max_length,
+        "generation": generation,
+        "chunk_size": cfg.mapreduce.chunk_size,
+        "chunk_overlap": cfg.mapreduce.chunk_overlap,
+        "max_reduce_depth": cfg.mapreduce.max_reduce_depth,
+    }
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
 
 
 class _Tally:
@@ -82,62 +119,76 @@ class _Tally:
         return 60.0 * self.written / elapsed if elapsed > 0 else 0.0
 
 
+class _Run:
+    """One run's bookkeeping: skip done ids, write bad rows and results, tally, progress."""
+
+    def __init__(self, out: OutputWriter, done: set[str], tally: _Tally, bar) -> None:
+        self.out, self.done, self.tally, self.bar = out, done, tally, bar
+        self.lines: dict[str, int] = {}  # doc id -> input line, for documents handed to the engine
+
+    def show(self) -> None:
+        t = self.tally
+        self.bar.update(1)
+        self.bar.set_postfix(ok=t.ok, errors=t.errors, per_min=f"{t.per_minute():.1f}")
+
+    def documents(self, rows: Iterator) -> Iterator[tuple[str, str]]:
+        """Feed the engine; bad rows are written here, done ids skipped."""
+        for row in rows:
+            if row_key({"id": row.id, "line": row.line}) in self.done:
+                self.tally.skipped += 1
+                self.show()
+            elif isinstance(row, BadRow):
+                self.out.write({"id": row.id, "status": "error", "error": row.error, "line": row.line})
+                self.tally.errors += 1
+                self.show()
+            else:
+                assert isinstance(row, Document)
+                self.lines[row.id] = row.line
+                yield row.id, row.text
+
+    def write_result(self, result) -> None:
+        self.out.write(
+            {
+                "id": result.doc_id,
+                "status": "ok" if result.ok else "error",
+                "summary": result.summary,
+                "error": result.error,
+                "line": self.lines.pop(result.doc_id, None),
+                "tokens": result.tokens,
+                "timings": result.timings,
+            }
+        )
+        if result.ok:
+            self.tally.ok += 1
+        else:
+            self.tally.errors += 1
+        self.show()
+
+
 def run_batch(cfg: Config, input_path: Path, output_path: Path, progress: bool = True) -> _Tally:
+    """Checks and locks --output before touching it; opens the engine only if work is left."""
     from tqdm import tqdm
 
-    from mapreduce.engine import open_engine
-
-    id_field, text_field = cfg.data.id_field, cfg.batch.text_field
+    check_output_path(output_path, input_path)
     _check_output_writable(output_path)
-    total = count_rows(input_path)  # also fails early on an unreadable input
-    done = compact_output(output_path)
+    setup = setup_fingerprint(cfg)
     tally = _Tally()
-    lines: dict[str, int] = {}  # doc id -> input line, for documents handed to the engine
-    bar = tqdm(total=total, unit="doc", desc="documents", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    with output_lock(output_path):
+        total = count_rows(input_path)  # also fails early on an unreadable input
+        done = compact_output(output_path, setup)
+        bar = tqdm(total=total, unit="doc", desc="documents", disable=not progress, file=sys.stderr,
+                   dynamic_ncols=True)
+        with bar, OutputWriter(output_path, setup) as out:
+            run = _Run(out, done, tally, bar)
+            docs = run.documents(iter_rows(input_path, cfg.data.id_field, cfg.batch.text_field))
+            first = next(docs, None)  # bad rows and done ids go by without a model
+            if first is None:
+                return tally
+            from mapreduce.engine import open_engine
 
-    def show(n: int = 1) -> None:
-        bar.update(n)
-        bar.set_postfix(ok=tally.ok, errors=tally.errors, per_min=f"{tally.per_minute():.1f}")
-
-    with OutputWriter(output_path) as out:
-
-        def documents() -> Iterator[tuple[str, str]]:
-            """Feed the engine; bad rows are written here, done ids skipped."""
-            for row in iter_rows(input_path, id_field, text_field):
-                key = row_key({"id": row.id, "line": row.line})
-                if key in done:
-                    tally.skipped += 1
-                    show()
-                elif isinstance(row, BadRow):
-                    out.write({"id": row.id, "status": "error", "error": row.error, "line": row.line})
-                    tally.errors += 1
-                    show()
-                else:
-                    assert isinstance(row, Document)
-                    lines[row.id] = row.line
-                    yield row.id, row.text
-
-        with open_engine(cfg, say=_say) as engine:
-            try:
-                for result in engine.run(documents()):
-                    out.write(
-                        {
-                            "id": result.doc_id,
-                            "status": "ok" if result.ok else "error",
-                            "summary": result.summary,
-                            "error": result.error,
-                            "line": lines.pop(result.doc_id, None),
-                            "tokens": result.tokens,
-                            "timings": result.timings,
-                        }
-                    )
-                    if result.ok:
-                        tally.ok += 1
-                    else:
-                        tally.errors += 1
-                    show()
-            finally:
-                bar.close()
+            with open_engine(cfg, say=_say) as engine:
+                for result in engine.run(itertools.chain([first], docs)):
+                    run.write_result(result)
     return tally
 
 
@@ -145,6 +196,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     args = build_parser().parse_args(argv)
+    from core.signals import sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # docker stop, timeouts: the same clean stop as Ctrl-C
     from core.models import ModelError
     from mapreduce.pool import WorkerError
 
@@ -157,6 +211,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         tally = run_batch(cfg, input_path, output_path, progress=not args.no_progress)
     except (ConfigError, CorpusError, ModelError) as exc:
         _say(f"error: {exc}")
+        return 1
+    except OSError as exc:  # e.g. a full disk: still one line, never a traceback
+        _say(f"error: {exc}; finished documents are in {output_path}, rerun the same command to resume")
         return 1
     except WorkerError as exc:
         _say(f"error: {exc}; finished documents are in {output_path}, rerun the same command to resume")

@@ -5,17 +5,23 @@ time so the corpus is never held in memory. A row that cannot be summarized (mal
 JSON, missing or empty text, a duplicate id) comes out as a `BadRow` carrying its line
 number, and the stream goes on.
 
-Output: one JSON line per input document, appended and flushed as each finishes. On a
-rerun the file is compacted first: finished (`ok`) lines are kept, anything else (errors,
-a line cut short by a crash) is dropped, so those documents are tried again and every
-input id ends up exactly once.
+Output: one JSON line per input document, appended and flushed as each finishes, each
+stamped with the `setup` fingerprint of the settings that made it. On a rerun the file is
+compacted first: finished (`ok`) lines are kept, anything else (errors, a line cut short
+by a crash) is dropped, so those documents are tried again and every input id ends up
+exactly once. Resuming only ever touches a file that is recognizably such an output, made
+with the same setup, and held under an exclusive lock (`<output>.lock`) for the whole run.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import gzip
 import json
 import os
+import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -74,9 +80,9 @@ def iter_rows(path: str | Path, id_field: str = "id", text_field: str = "documen
 
 
 def _iter_dir(path: Path) -> Iterator[Row]:
-    seen: set[str] = set()
+    """Ids are relative paths with their suffix, so `x.txt` and `x.md` stay distinct."""
     for number, file in enumerate(_dir_files(path), start=1):
-        doc_id = str(file.relative_to(path).with_suffix(""))
+        doc_id = file.relative_to(path).as_posix()
         try:
             text = file.read_text(encoding="utf-8")
         except UnicodeDecodeError:
@@ -86,10 +92,7 @@ def _iter_dir(path: Path) -> Iterator[Row]:
             yield BadRow(number, f"{file.name}: binary file", doc_id)
         elif not text.strip():
             yield BadRow(number, f"{file.name}: empty text", doc_id)
-        elif doc_id in seen:
-            yield BadRow(number, f"duplicate id {doc_id!r}")
         else:
-            seen.add(doc_id)
             yield Document(doc_id, text, number)
 
 
@@ -138,42 +141,125 @@ def row_key(record: dict) -> str:
     return f"id:{record['id']}" if record.get("id") is not None else f"line:{record.get('line')}"
 
 
-def compact_output(path: Path) -> set[str]:
+ROW_KEYS = ("id", "status", "error", "line")  # on every row OutputWriter writes
+ROW_START = '{"id": '  # how every written line begins (json.dumps, "id" first)
+
+
+def check_output_path(output: Path, input_path: Path) -> None:
+    """Refuse an --output that compaction's os.replace or appending would damage."""
+    if output.exists() and input_path.exists() and os.path.samefile(output, input_path):
+        raise CorpusError(f"--output is the same file as --input: {output}")
+    if output.is_symlink():
+        raise CorpusError(f"--output is a symlink: {output}; pass the real path ({os.path.realpath(output)})")
+    if input_path.is_dir() and output.suffix in (".txt", ".md"):
+        real = Path(os.path.realpath(output.parent)) / output.name
+        if real.is_relative_to(os.path.realpath(input_path)):
+            raise CorpusError(f"--output is inside the input directory and would be read as a document: {output}")
+    if output.exists():
+        mode = os.stat(output).st_mode
+        if stat.S_ISDIR(mode):
+            raise CorpusError(f"--output is a directory: {output}")
+        if not stat.S_ISREG(mode):
+            raise CorpusError(f"--output is not a regular file (a device, FIFO or socket): {output}")
+
+
+@contextmanager
+def output_lock(output: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `<output>.lock` so two jobs never write one output."""
+    lock = output.with_name(output.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise CorpusError(f"cannot create lock file {lock}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise CorpusError(f"another job is writing {output} (it holds {lock}); wait for it to end") from None
+            raise CorpusError(f"cannot lock {lock}: {exc.strerror}") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays, removing it would race a waiting job
+
+
+def _result_row(raw: str) -> Optional[dict]:
+    """The row as a dict if it is one OutputWriter wrote, else None."""
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or any(key not in record for key in ROW_KEYS):
+        return None
+    if record["status"] not in ("ok", "error") or (record["status"] == "ok" and "summary" not in record):
+        return None
+    return record
+
+
+def _output_rows(path: Path) -> Iterator[dict]:
+    """Every row of an earlier run; CorpusError at the first line that is not one.
+
+    The one exception is a last line with no newline that starts like a row: a write cut
+    short by a crash, which compaction drops.
+    """
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            record = _result_row(raw)
+            if record is not None:
+                yield record
+            elif raw.endswith("\n") or not (raw.startswith(ROW_START) or ROW_START.startswith(raw)):
+                raise CorpusError(
+                    f"--output {path} exists and is not a batch output (line {number} is not a result row); "
+                    "refusing to overwrite it, pass another --output"
+                )
+
+
+def compact_output(path: Path, setup: str) -> set[str]:
     """Keep only the finished (`ok`) lines of an earlier run; return their keys.
 
-    Written to a temp file and renamed over the original, so a crash here loses nothing.
+    Refuses (CorpusError, file untouched) a file that is not this job's output, or whose
+    finished rows were made with another `setup`. Rewritten through a temp file renamed
+    over the original, so a crash here loses nothing.
     """
     if not path.exists():
         return set()
     kept: list[str] = []
     done: set[str] = set()
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        for raw in f:
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
-            if isinstance(record, dict) and record.get("status") == "ok" and row_key(record) not in done:
-                done.add(row_key(record))
-                kept.append(json.dumps(record, ensure_ascii=False))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    for record in _output_rows(path):
+        if record["status"] == "ok" and record.get("setup") != setup:
+            raise CorpusError(
+                f"--output {path} was made with other settings (model, adapter, templates or generation "
+                "differ); pass another --output to keep both"
+            )
+        if record["status"] == "ok" and row_key(record) not in done:
+            done.add(row_key(record))
+            kept.append(json.dumps(record, ensure_ascii=False))
+    _rewrite(path, kept)
     return done
 
 
-class OutputWriter:
-    """Appends one JSON line per document and flushes it to disk at once."""
+def _rewrite(path: Path, lines: list[str]) -> None:
+    """Temp file, fsync, rename: the old file stays whole until the new one is."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in lines)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
-    def __init__(self, path: Path):
+
+class OutputWriter:
+    """Appends one JSON line per document, stamped with `setup`, and flushes it at once."""
+
+    def __init__(self, path: Path, setup: str):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._setup = setup
         self._file = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.write(json.dumps({**record, "setup": self._setup}, ensure_ascii=False) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 

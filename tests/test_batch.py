@@ -93,20 +93,21 @@ def test_iter_rows_reads_gzip_and_text_dirs(tmp_path):
     (folder / "b.md").write_text("   ")
     (folder / "c.txt").write_bytes(b"\xff\xfe\x00bin")
     rows = list(iter_rows(folder))
-    assert isinstance(rows[0], Document) and rows[0].id == "a"
+    assert isinstance(rows[0], Document) and rows[0].id == "a.txt"  # ids keep their suffix
     assert isinstance(rows[1], BadRow) and "empty" in rows[1].error
     assert isinstance(rows[2], BadRow) and "UTF-8" in rows[2].error
 
 
 def test_compact_output_keeps_only_finished_lines(tmp_path):
     out = tmp_path / "out.jsonl"
+    row = {"summary": None, "error": None, "line": 1, "setup": "s1"}
     out.write_text(
-        json.dumps({"id": "a", "status": "ok", "summary": "x"}) + "\n"
-        + json.dumps({"id": "b", "status": "error", "error": "boom"}) + "\n"
-        + json.dumps({"id": None, "line": 4, "status": "error"}) + "\n"
+        json.dumps({"id": "a", **row, "status": "ok", "summary": "x"}) + "\n"
+        + json.dumps({"id": "b", **row, "status": "error", "error": "boom"}) + "\n"
+        + json.dumps({"id": None, **row, "line": 4, "status": "error"}) + "\n"
         + '{"id": "c", "status": "o'  # cut short by a crash
     )
-    assert compact_output(out) == {"id:a"}
+    assert compact_output(out, "s1") == {"id:a"}
     assert [r["id"] for r in _read(out)] == ["a"]
 
 
