@@ -24,13 +24,25 @@ class ConfigError(ValueError):
     """A bad config value; its message is one line meant for the user."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, else its type name.
+
+    For one-line `error:` messages: some messages are empty (datasets raises a bare
+    StopIteration on an empty file) or start with a newline, and must not crash the report.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
 @dataclass
 class ModelConfig:
     base_model: str = "Qwen/Qwen2.5-3B-Instruct"  # hub id, local dir, or a .gguf file
     adapter: Optional[str] = None  # dir of a peft LoRA adapter
     merge_adapter: bool = True  # merge_and_unload for inference
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (CUDA: bf16, CPU: fp32) | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (CUDA: bf16, fp16 without bf16; CPU: fp32) | float32 | bfloat16 | float16
     quantization: str = "none"  # none | 4bit | 8bit (bitsandbytes, CUDA only)
     trust_remote_code: bool = False
     num_threads: Optional[int] = None  # torch.set_num_threads on CPU
@@ -48,7 +60,8 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "cnn_dailymail"  # hub name, or a local .jsonl/.jsonl.gz/.parquet file or dir
+    # a hub name, or local .jsonl/.jsonl.gz/.parquet files or dirs (read in order, as one)
+    dataset: list[str] = field(default_factory=lambda: ["cnn_dailymail"])
     dataset_config: Optional[str] = "3.0.0"
     train_split: str = "train[:260000]"
     eval_split: Optional[str] = "validation[:1000]"
@@ -84,6 +97,10 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     early_stopping_patience: Optional[int] = None
+    # at each evaluation, summarize the first N validation rows with the `generation`
+    # settings and keep the checkpoint with the best ROUGE-L (0: validation loss only)
+    rouge_eval_examples: int = 0
+    group_by_length: bool = True  # batches of similar length: less padding to train on
     seed: int = 42
     resume: bool = False
 
@@ -92,7 +109,10 @@ class TrainingConfig:
 class GenerationConfig:
     max_new_tokens: int = 100
     generation_batch_size: int = 8
+    min_new_tokens: int = 0
     num_beams: int = 1
+    length_penalty: float = 1.0  # beam search only: > 1 favours longer summaries
+    # both look at the generated tokens only, never at the prompt (core.generation)
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
 
@@ -112,6 +132,9 @@ class MapReduceConfig:
     chunk_size: int = 1800  # tokens of document text per chunk
     chunk_overlap: int = 150
     reduce_template: Optional[str] = None  # None: the training prompt_template
+    # about how long a long document's summary may be, in words: the reduce stops once the
+    # parts' summaries, joined in order, fit it (0: reduce to one news-length summary)
+    summary_words: int = 0
     max_reduce_depth: int = 4
     num_workers: Optional[int] = None  # None: one per GPU, or one on CPU
     num_gpus_per_worker: float = 1.0
@@ -139,6 +162,11 @@ class Config:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
+
+    @property
+    def prompt_budget(self) -> int:
+        """Prompt tokens at inference: what training left for the prompt beside the summary."""
+        return self.data.max_length - self.generation.max_new_tokens
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -169,6 +197,9 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+_ONE_OR_MORE = ("dataset",)  # list keys where a single value is fine too
+
+
 def _check_type(key: str, value: Any, hint: Any) -> Any:
     """Return value coerced to hint (int -> float only), or raise ConfigError naming key."""
     origin = typing.get_origin(hint)
@@ -179,6 +210,8 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         return _check_type(key, value, inner)
     if origin is list:
         (item,) = typing.get_args(hint)
+        if isinstance(value, str) and key in _ONE_OR_MORE:
+            value = [value]  # `dataset: a.jsonl` means a list of one
         if not isinstance(value, list):
             raise ConfigError(f"config key '{key}' must be a {_describe(hint)}, got {value!r}")
         return [_check_type(key, v, item) for v in value]
@@ -191,6 +224,22 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     if not isinstance(value, hint):
         raise ConfigError(f"config key '{key}' must be a {_describe(hint)}, got {value!r}")
     return value
+
+
+def _check_worker_resources(mr: MapReduceConfig, device: str) -> None:
+    """Ray accepts none of these (or only with a traceback): refuse them before it starts."""
+    cpus, gpus = mr.num_cpus_per_worker, mr.num_gpus_per_worker
+    if cpus < 0 or (device == "cpu" and cpus == 0):
+        need = "positive with device cpu (the actor's threads)" if device == "cpu" else ">= 0"
+        raise ConfigError(f"config key 'num_cpus_per_worker' must be {need}, got {cpus:g}")
+    if gpus < 0:
+        raise ConfigError(f"config key 'num_gpus_per_worker' must be >= 0, got {gpus:g}")
+    if gpus > 1 and not float(gpus).is_integer():
+        raise ConfigError(
+            f"config key 'num_gpus_per_worker' must be a fraction up to 1 (GPU sharing) or a whole number, got {gpus:g}"
+        )
+    if mr.max_task_retries < 0:
+        raise ConfigError(f"config key 'max_task_retries' must be >= 0, got {mr.max_task_retries}")
 
 
 def _check_values(cfg: Config) -> None:
@@ -219,14 +268,25 @@ def _check_values(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    for key in ("num_beams", "repetition_penalty"):
+        if getattr(g, key) <= 0:
+            raise ConfigError(f"config key '{key}' must be positive, got {getattr(g, key)}")
+    for key in ("min_new_tokens", "no_repeat_ngram_size"):
+        if getattr(g, key) < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {getattr(g, key)}")
+    if g.min_new_tokens > g.max_new_tokens:
+        raise ConfigError(
+            f"config key 'min_new_tokens' ({g.min_new_tokens}) must not exceed max_new_tokens ({g.max_new_tokens})"
+        )
     if not 0 <= mr.chunk_overlap < mr.chunk_size:
         raise ConfigError(
             f"config key 'chunk_overlap' must be >= 0 and below chunk_size ({mr.chunk_size}), got {mr.chunk_overlap}"
         )
+    if mr.summary_words < 0:
+        raise ConfigError(f"config key 'summary_words' must be >= 0 (0: one short summary), got {mr.summary_words}")
     if mr.num_workers is not None and mr.num_workers <= 0:
         raise ConfigError(f"config key 'num_workers' must be positive, got {mr.num_workers}")
-    if mr.num_gpus_per_worker < 0:
-        raise ConfigError(f"config key 'num_gpus_per_worker' must be >= 0, got {mr.num_gpus_per_worker}")
+    _check_worker_resources(mr, m.device)
     for name in cfg.evaluation.systems:
         if name not in ("lead3", "base", "base_chat", "adapter"):
             raise ConfigError(
@@ -260,6 +320,20 @@ def config_from_dict(raw: dict[str, Any] | None, source: str = "config") -> Conf
     return cfg
 
 
+def yaml_file(path: Path) -> Any:
+    """A YAML file's content; ConfigError (one line) if unreadable, not UTF-8 or not YAML."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); is it a YAML file?") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
     """Load YAML (None: all defaults), apply flat `key: value` overrides, validate."""
     raw: dict[str, Any] = {}
@@ -269,10 +343,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         source = str(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raw = yaml_file(path)
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
     index = _key_index()

@@ -7,9 +7,12 @@ dropped and counted in the log.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
 from pathlib import Path
+
+from core.config import first_line
 
 log = logging.getLogger(__name__)
 
@@ -30,37 +33,92 @@ def _local_files(path: Path) -> list[str]:
     return files
 
 
+def _load_local(source: str):
+    """Every row of one local file or dir (a dir's files must share one format)."""
+    import datasets
+
+    path = Path(source).expanduser()
+    if not looks_local(source) or not path.exists():
+        raise DataError(f"dataset path not found: {path}")
+    files = _local_files(path)
+    kinds = {"parquet" if f.endswith(".parquet") else "json" for f in files}
+    if len(kinds) > 1:
+        raise DataError(f"cannot mix parquet and JSON files in one dataset dir: {path}")
+    kind = kinds.pop()
+    try:
+        rows = datasets.load_dataset(kind, data_files=files, split="train")
+    except Exception as exc:  # malformed file, or an empty one (a bare StopIteration)
+        if kind == "json" and not any(_has_text(f) for f in files):
+            raise DataError(f"dataset {path} has no rows (empty file)") from None
+        raise DataError(f"cannot read {path}: {first_line(exc)}") from None
+    if len(rows) == 0:
+        raise DataError(f"dataset {path} has no rows")
+    return rows
+
+
+def _has_text(file: str) -> bool:
+    """Whether a JSON(L) file, gzipped or not, holds anything but whitespace."""
+    opener = gzip.open if file.endswith(".gz") else open
+    try:
+        with opener(file, "rb") as f:
+            return any(block.strip() for block in iter(lambda: f.read(1 << 16), b""))
+    except (OSError, EOFError):
+        return True  # unreadable is not empty: let the load error speak
+
+
+def _common_columns(tables: list) -> list:
+    """Keep the columns every table has, so files with extra fields still stack."""
+    common = [c for c in tables[0].column_names if all(c in t.column_names for t in tables[1:])]
+    return [t.select_columns(common) for t in tables]
+
+
+_SLICE = re.compile(r"^\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\]$")
+
+
+def _apply_slice(rows, text: str | None):
+    """rows[start:stop] for a split slice like `[:1000]`, `[1000:]`, `[10%:20%]`."""
+    if not text:
+        return rows
+    match = _SLICE.match(text)
+    if not match:
+        raise DataError(f"cannot parse split slice {text!r} (expected e.g. [:1000], [1000:] or [:10%])")
+
+    def bound(value):
+        if value is None:
+            return None
+        return int(len(rows) * int(value[:-1]) / 100) if value.endswith("%") else int(value)
+
+    return rows.select(range(len(rows))[bound(match["start"]) : bound(match["stop"])])
+
+
 def looks_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.endswith(_LOCAL_SUFFIXES) or Path(source).exists()
 
 
-def load_rows(source: str, split: str, config_name: str | None = None):
+def load_rows(source: str | list[str], split: str, config_name: str | None = None):
     """A datasets.Dataset for `split` (e.g. "train[:1000]") of a hub dataset or local file(s).
 
-    For local files the split name is ignored but its slice is applied, so
-    `train[:100]` of a local file means its first 100 rows.
+    Several local sources are read in the order given, as one table. For local files the
+    split name is ignored but its slice is applied, so `train[:100]` of a local file means
+    its first 100 rows (of all the files together).
     """
     import datasets
 
+    sources = [source] if isinstance(source, str) else list(source)
+    if not sources:
+        raise DataError("no dataset given")
     match = _SPLIT_SLICE.match(split.replace(" ", ""))
     if not match:
         raise DataError(f"cannot parse split {split!r} (expected e.g. 'train' or 'train[:1000]')")
-    if looks_local(source):
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise DataError(f"dataset path not found: {path}")
-        files = _local_files(path)
-        kind = "parquet" if files[0].endswith(".parquet") else "json"
-        try:
-            return datasets.load_dataset(kind, data_files=files, split="train" + (match["slice"] or ""))
-        except Exception as exc:  # malformed file, bad slice
-            raise DataError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    if len(sources) > 1 or looks_local(sources[0]):
+        return _apply_slice(datasets.concatenate_datasets(_common_columns([_load_local(s) for s in sources])), match["slice"])
+    source = sources[0]
     try:
         return datasets.load_dataset(source, config_name, split=split)
     except Exception as exc:
         raise DataError(
             f"cannot load dataset {source!r} ({config_name}) split {split!r}: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+            f"{first_line(exc)} "
             "(offline? pass a local .jsonl file as --dataset)"
         ) from None
 

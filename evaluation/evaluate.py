@@ -26,6 +26,7 @@ alone) is recorded with its error, left out of the metrics and counted in the re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,9 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from core.config import Config, ConfigError, add_config_flags, config_from_args
+from core.config import Config, ConfigError, add_config_flags, config_from_args, first_line
 from core.data import DataError, load_rows
 from core.models import ModelError
+from core.signals import sigterm_as_interrupt
 
 log = logging.getLogger("evaluate")
 
@@ -92,7 +94,7 @@ def load_examples(cfg: Config) -> list[Example]:
     if len(set(ids)) != len(ids):
         raise DataError(f"field '{d.id_field}' of {source} has duplicate ids (resume keys on them)")
     if not examples:
-        raise DataError(f"no rows in {source} split {d.test_split!r}")
+        raise DataError(f"test split {d.test_split!r} of {source} has no rows")
     return examples
 
 
@@ -120,7 +122,10 @@ def system_setup(cfg: Config, system: str) -> str:
             "quantization": m.quantization,
             "template": "chat" if system == "base_chat" else cfg.data.prompt_template,
             "max_length": cfg.data.max_length,
-            "generation": [g.max_new_tokens, g.num_beams, g.repetition_penalty, g.no_repeat_ngram_size],
+            "dtype": [m.dtype, m.device],
+            # repetition control over generated tokens only (not the old whole-input one)
+            "generation": {k: v for k, v in dataclasses.asdict(g).items() if k != "generation_batch_size"},
+            "decoding": "generated-only-v2",
         }
         if system == "adapter":
             weights = sorted(Path(m.adapter or "").expanduser().glob("adapter_model.*"))
@@ -136,7 +141,7 @@ def read_generations(path: Path, setups: dict[str, str]) -> dict[tuple[str, str]
     if not path.exists():
         return done
     stale = 0
-    with path.open() as f:
+    with path.open(encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 rec = json.loads(line)
@@ -153,11 +158,25 @@ def read_generations(path: Path, setups: dict[str, str]) -> dict[tuple[str, str]
     return done
 
 
+def open_for_append(path: Path):
+    """Append mode, after ending a line that a crash cut short.
+
+    Otherwise the first new record is glued onto the half line, and both are unreadable.
+    """
+    file = path.open("a", encoding="utf-8")
+    if file.tell() > 0:
+        with path.open("rb") as f:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                file.write("\n")
+    return file
+
+
 class GenerationsLog:
     """Append-only JSONL, flushed after every batch so an interruption loses at most one."""
 
     def __init__(self, path: Path, setups: dict[str, str]):
-        self.file = path.open("a")
+        self.file = open_for_append(path)
         self.setups = setups
         self.records: dict[tuple[str, str], dict] = {}
 
@@ -194,6 +213,12 @@ def run_lead3(todo: list[Example], out: GenerationsLog) -> None:
     out.flush()
 
 
+def _describe(exc: BaseException) -> str:
+    """`Type: first line`, or just `Type` for an empty message."""
+    line, name = first_line(exc), type(exc).__name__
+    return name if line == name else f"{name}: {line}"
+
+
 def _generate_or_split(model, tokenizer, prompts, gen) -> list[tuple[Optional[str], Optional[str]]]:
     """(text, None) per prompt; a failing batch is retried one prompt at a time."""
     from core import generation
@@ -202,7 +227,7 @@ def _generate_or_split(model, tokenizer, prompts, gen) -> list[tuple[Optional[st
         return [(t, None) for t in generation.generate_batch(model, tokenizer, prompts, gen)]
     except Exception as exc:  # e.g. out of memory on a long batch: keep going, record it
         if len(prompts) == 1:
-            return [(None, f"generation failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")]
+            return [(None, f"generation failed: {_describe(exc)}")]
         log.warning("a batch of %d failed (%s); retrying its prompts one by one", len(prompts), type(exc).__name__)
         return [_generate_or_split(model, tokenizer, [p], gen)[0] for p in prompts]
 
@@ -313,7 +338,7 @@ def summarize(cfg: Config, examples: list[Example], systems: list[str], scores: 
     samples = cfg.evaluation.bootstrap_samples
     result: dict = {
         "num_examples": len(examples),
-        "dataset": cfg.data.test_dataset or cfg.data.dataset,
+        "dataset": cfg.data.test_dataset or ", ".join(cfg.data.dataset),
         "split": cfg.data.test_split,
         "bertscore_encoder": cfg.evaluation.bertscore_model,
         "bertscore_num_layers": cfg.evaluation.bertscore_num_layers,
@@ -438,7 +463,7 @@ def check_setup(cfg: Config) -> tuple[str, int]:
     except Exception as exc:
         raise ModelError(
             f"cannot load BERTScore encoder {cfg.evaluation.bertscore_model!r}: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+            f"{first_line(exc)} "
             "(offline? use --bertscore-model embedded:minilm --bertscore-num-layers 6)"
         ) from None
     return model_type, layer
@@ -498,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    sigterm_as_interrupt()  # docker stop / timeout: the same clean exit as Ctrl-C
     try:
         evaluate(config_from_args(args))
     except (ConfigError, DataError, ModelError) as exc:

@@ -147,10 +147,6 @@ def summarize(args: argparse.Namespace) -> int:
         for r in ordered:
             if r.ok:
                 print(f"==> {r.doc_id} <==\n{r.summary}\n" if len(ordered) > 1 else r.summary)
-    for r in ordered:
-        if r.ok and r.tokens.get("empty_summaries"):
-            _say(f"warning: {r.doc_id}: the model returned {r.tokens['empty_summaries']} empty partial "
-                 "summaries; their text is missing from the summary")
     failed = [r for r in ordered if not r.ok]
     for r in failed:
         _say(f"error: {r.doc_id}: {r.error}")
@@ -165,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     args = build_parser().parse_args(argv)
     from core.models import ModelError
+    from core.signals import sigterm_as_interrupt
     from mapreduce.pool import WorkerError
 
+    sigterm_as_interrupt()  # docker stop / timeout: the same clean exit as Ctrl-C
     try:
         return summarize(args)
     except (ConfigError, InputError, ModelError, WorkerError) as exc:

@@ -13,7 +13,7 @@ core.prompt.build_prompt_ids (the training template and truncation budget
 summarization logic of its own.
 
 Resources: `num_gpus_per_worker` GPUs per actor (1, or a fraction such as 0.5 to share a
-GPU) when the cluster has GPUs; otherwise CPU actors, each pinned to
+GPU) when the cluster has GPUs and the device is not cpu; otherwise CPU actors, each pinned to
 `num_cpus_per_worker` threads (rounded, at least 1) so actors do not fight over cores.
 
 Faults: a crashed actor is restarted (`max_restarts`) and its calls retried
@@ -35,6 +35,7 @@ from typing import Optional
 import ray
 
 from core.config import Config
+from core.signals import keep_sigterm_handler
 
 FAULT_ENV = "MAPREDUCE_TEST_FAULT"  # test hook, see _injected_fault
 
@@ -50,10 +51,11 @@ def init_ray(cfg: Config, num_cpus: Optional[int] = None) -> bool:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = cfg.mapreduce.ray_address or os.environ.get("RAY_ADDRESS")
     quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
-    if address:
-        ray.init(address=address, **quiet)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+    with keep_sigterm_handler():  # a CLI's SIGTERM-as-Ctrl-C survives ray.init's own handler
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
     return True
 
 
@@ -98,7 +100,7 @@ class SummarizerWorker:
             torch.set_num_threads(num_threads)
         self.model, self.tokenizer = load_for_inference(cfg.model)
         self.gen = cfg.generation
-        self.max_prompt_tokens = cfg.data.max_length - cfg.generation.max_new_tokens
+        self.max_prompt_tokens = cfg.prompt_budget
         self.device = str(next(self.model.parameters()).device)
 
     def info(self) -> dict:
@@ -108,12 +110,10 @@ class SummarizerWorker:
 
     @ray.method(retry_exceptions=True)
     def summarize(self, texts: list[str], template: str) -> list[str]:
-        from core.generation import generate_summaries
-        from core.prompt import build_prompt_ids
+        from core.generation import summarize_texts
 
         blank = _injected_fault(texts)
-        prompts = [build_prompt_ids(self.tokenizer, t, self.max_prompt_tokens, template) for t in texts]
-        summaries = generate_summaries(self.model, self.tokenizer, prompts, self.gen)
+        summaries = summarize_texts(self.model, self.tokenizer, texts, template, self.max_prompt_tokens, self.gen)
         return [("" if i in blank else s) for i, s in enumerate(summaries)]
 
 
@@ -127,12 +127,13 @@ def worker_resources(cfg: Config, cluster: dict) -> tuple[int, float, float]:
     """(num_workers, gpus per worker, cpus per worker) for a cluster's resources dict."""
     mr = cfg.mapreduce
     gpus = float(cluster.get("GPU", 0))
-    use_gpu = gpus > 0 and mr.num_gpus_per_worker > 0
+    # device: cpu runs on CPU even on a GPU cluster: reserving GPUs it never uses would block others
+    use_gpu = gpus > 0 and mr.num_gpus_per_worker > 0 and cfg.model.device != "cpu"
     gpus_per = mr.num_gpus_per_worker if use_gpu else 0.0
     if mr.num_workers is not None:
         workers = mr.num_workers
     elif use_gpu:
-        workers = max(1, int(gpus // gpus_per))
+        workers = max(1, int(gpus / gpus_per + 1e-9))  # not //: 1.0 // 0.1 == 9.0
     else:
         workers = 1
     return workers, gpus_per, mr.num_cpus_per_worker

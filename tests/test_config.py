@@ -109,4 +109,4 @@ def test_param_yaml_is_the_reference_recipe():
     assert (t.per_device_train_batch_size, t.gradient_accumulation_steps) == (1, 4)
     assert (t.eval_steps, t.save_steps, t.optim, t.max_grad_norm) == (1000, 1000, "paged_adamw_8bit", 1.0)
     assert (cfg.data.max_length, cfg.data.train_split, cfg.data.eval_split) == (2048, "train[:260000]", "validation[:1000]")
-    assert (cfg.data.dataset, cfg.data.dataset_config, cfg.model.dtype) == ("cnn_dailymail", "3.0.0", "auto")
+    assert (cfg.data.dataset, cfg.data.dataset_config, cfg.model.dtype) == (["cnn_dailymail"], "3.0.0", "auto")

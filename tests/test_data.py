@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from core.data import DataError, drop_empty, load_rows
-from conftest import CNNDM_TRAIN
+from conftest import CNNDM_TRAIN, REPO
 
 
 def write_jsonl(path, rows, compress=False):
@@ -78,3 +78,28 @@ def test_bad_split_is_a_data_error(tmp_path):
     path = write_jsonl(tmp_path / "rows.jsonl", ROWS)
     with pytest.raises(DataError, match="cannot parse split"):
         load_rows(str(path), "train[:3")
+
+
+def test_several_files_are_one_table_with_their_common_columns(tmp_path):
+    a = tmp_path / "a.jsonl"
+    b = tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"id": str(i), "article": f"a{i}", "highlights": "h"}) + "\n" for i in range(3)))
+    b.write_text("".join(json.dumps({"id": f"b{i}", "article": f"b{i}", "highlights": "h", "source": "x"}) + "\n" for i in range(2)))
+    rows = load_rows([str(a), str(b)], "train")
+    assert rows["article"] == ["a0", "a1", "a2", "b0", "b1"] and rows.column_names == ["id", "article", "highlights"]
+    assert load_rows([str(a), str(b)], "train[2:4]")["article"] == ["a2", "b0"]
+    assert load_rows([str(a), str(b)], "train[-1:]")["article"] == ["b1"]
+    assert load_rows([str(a), str(b)], "train[:40%]")["article"] == ["a0", "a1"]
+    with pytest.raises(DataError, match="not found"):
+        load_rows([str(a), str(tmp_path / "nope.jsonl")], "train")
+
+
+def test_shipped_cpu_config_validates_on_matched_held_out_rows():
+    from core.config import load_config
+
+    cfg = load_config(REPO / "configs" / "smollm2_cpu.yaml")
+    train = load_rows(cfg.data.dataset, cfg.data.train_split)
+    held_out = load_rows(cfg.data.dataset, cfg.data.eval_split)
+    assert not set(train["id"]) & set(held_out["id"])
+    assert len(held_out) >= cfg.training.rouge_eval_examples
+    assert all(i.startswith("gh-") for i in held_out["id"])  # from train_extra.jsonl (mostly DailyMail)

@@ -187,3 +187,36 @@ def test_nothing_scorable_still_reports(tmp_path, capsys):
     result = json.loads((out / "results.json").read_text())  # strict JSON: no NaN
     assert result["systems"]["lead3"]["rougeL"] is None and result["systems"]["lead3"]["num_failed"] == 1
     assert "| LEAD-3 | n/a |" in capsys.readouterr().out
+
+
+def test_improvement_interval_is_paired_over_the_examples_both_systems_scored():
+    """Per-example scores spread widely but the adapter gains 0.02 on each: only pairing shows it.
+
+    Unpaired, the two systems' intervals overlap almost entirely; the paired difference
+    must be a narrow interval around +0.02, over the 40 examples both systems scored
+    (the adapter failed on a 41st, which the base scored 0.95: it must not count).
+    """
+    import random
+
+    from core.config import load_config
+    from evaluation.evaluate import METRICS, Example, summarize
+
+    rng = random.Random(0)
+    examples = [Example(str(i), "article", "reference") for i in range(41)]
+    base = [rng.uniform(0.05, 0.65) for _ in range(40)] + [0.95]
+    adapter = [b + 0.02 + rng.uniform(-0.004, 0.004) for b in base[:40]]
+    scores = {("base", e.id): dict.fromkeys(METRICS, b) for e, b in zip(examples, base)}
+    scores.update({("adapter", e.id): dict.fromkeys(METRICS, a) for e, a in zip(examples, adapter)})
+    errors = {("adapter", "40"): "generation failed: RuntimeError"}
+    cfg = load_config(None, {"bootstrap_samples": 1000})
+    result = summarize(cfg, examples, ["base", "adapter"], scores, errors)
+
+    delta = result["improvements"]["adapter_minus_base"]
+    assert delta["num_paired"] == 40
+    assert delta["rougeL"] == pytest.approx(sum(a - b for a, b in zip(adapter, base)) / 40)
+    unpaired = result["systems"]["adapter"]["rougeL"] - result["systems"]["base"]["rougeL"]
+    assert abs(unpaired - delta["rougeL"]) > 0.01  # the unscored 0.95 would drag an unpaired difference
+    low, high = delta["rougeL_ci95"]
+    assert 0.015 < low < delta["rougeL"] < high < 0.025
+    base_ci, adapter_ci = result["systems"]["base"]["rougeL_ci95"], result["systems"]["adapter"]["rougeL_ci95"]
+    assert adapter_ci[0] < base_ci[1]  # unpaired, the intervals overlap: no visible gain

@@ -73,3 +73,120 @@ def test_only_generated_tokens_are_decoded(tiny):
     )
     assert text == tok.decode(out[0, len(prompt):], skip_special_tokens=True).strip()
     assert tok.decode(prompt)[:30] not in text
+
+
+# --- repetition control over generated tokens only ---------------------------------------
+
+
+def test_banned_next_tokens_completes_only_seen_ngrams():
+    from core.generation import banned_next_tokens
+
+    assert banned_next_tokens([1, 2, 3, 1, 2], 3) == [3]  # "1 2" was followed by 3
+    assert banned_next_tokens([1, 2, 3, 4], 3) == []  # "3 4" never seen before
+    assert banned_next_tokens([5, 6], 3) == []  # too short for any 3-gram
+    assert sorted(banned_next_tokens([7, 7, 8], 1)) == [7, 8]
+
+
+def test_processor_ignores_the_prompt_and_blocks_generated_repeats():
+    from core.generation import GeneratedRepetitionProcessor
+
+    prompt = [1, 2, 3, 9, 9]  # the prompt holds the 3-gram "1 2 3"
+    scores = torch.zeros(1, 10)
+    proc = GeneratedRepetitionProcessor(len(prompt), penalty=1.0, no_repeat_ngram_size=3)
+    # generated so far "1 2": copying "3" from the article stays allowed
+    out = proc(torch.tensor([prompt + [1, 2]]), scores.clone())
+    assert torch.isfinite(out).all()
+    # generated "1 2 3 1 2": "3" would repeat a generated 3-gram
+    out = proc(torch.tensor([prompt + [1, 2, 3, 1, 2]]), scores.clone())
+    assert out[0, 3] == -float("inf") and torch.isfinite(out[0, [0, 1, 2, 4]]).all()
+
+
+def test_repetition_penalty_only_touches_generated_tokens():
+    from core.generation import GeneratedRepetitionProcessor
+
+    prompt = [4, 5]
+    scores = torch.tensor([[1.0, 2.0, -2.0, 3.0, 4.0, 5.0]])
+    proc = GeneratedRepetitionProcessor(len(prompt), penalty=2.0)
+    out = proc(torch.tensor([prompt + [1, 2]]), scores.clone())
+    assert out.tolist() == [[1.0, 1.0, -4.0, 3.0, 4.0, 5.0]]  # prompt tokens 4 and 5 untouched
+    assert proc(torch.tensor([prompt]), scores.clone()).tolist() == scores.tolist()  # nothing generated yet
+
+
+def _spy_generate(model):
+    """Record generate's keyword arguments and the ids it returns."""
+    seen = {}
+    real = model.generate
+
+    def spy(**kwargs):
+        seen["kwargs"] = kwargs
+        seen["out"] = real(**kwargs)
+        return seen["out"]
+
+    model.generate = spy
+    return seen
+
+
+def _has_repeated_3gram(ids) -> bool:
+    grams = [tuple(ids[i : i + 3]) for i in range(len(ids) - 2)]
+    return len(grams) != len(set(grams))
+
+
+def test_generated_tokens_never_repeat_a_3gram(tiny_model_dir, qwen_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    # the default-init tiny model emits one token over and over: a loop to stop
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    prompt = build_prompt_ids(qwen_tokenizer, "The council met on Monday.", 60)
+    seen = _spy_generate(model)
+    generate_batch(model, qwen_tokenizer, [prompt], GenerationConfig(max_new_tokens=16))
+    plain = seen["out"][0, len(prompt):].tolist()
+    assert _has_repeated_3gram(plain)
+    generate_batch(model, qwen_tokenizer, [prompt], GenerationConfig(max_new_tokens=16, no_repeat_ngram_size=3))
+    controlled = seen["out"][0, len(prompt):].tolist()
+    assert len(controlled) == 16 and not _has_repeated_3gram(controlled)
+
+
+def test_whole_input_repetition_settings_are_never_passed_to_transformers(tiny):
+    model, tok = tiny
+    prompts = _prompts(tok, 2)
+    seen = _spy_generate(model)
+    try:
+        generate_batch(model, tok, prompts, GenerationConfig(max_new_tokens=4, repetition_penalty=1.3, no_repeat_ngram_size=3))
+    finally:
+        del model.generate
+    kwargs = seen["kwargs"]
+    assert "no_repeat_ngram_size" not in kwargs and "repetition_penalty" not in kwargs
+    (proc,) = kwargs["logits_processor"]
+    assert proc.prompt_length == max(len(p) for p in prompts)  # generated tokens start there
+    assert (proc.penalty, proc.ngram) == (1.3, 3)
+
+
+def test_stop_tokens_are_the_union_of_tokenizer_and_generation_config():
+    from types import SimpleNamespace
+
+    from core.generation import stop_token_ids
+
+    tok = SimpleNamespace(eos_token_id=151645)
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[151645, 151643]))
+    assert stop_token_ids(model, tok) == [151645, 151643]
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=7))
+    assert stop_token_ids(model, tok) == [151645, 7]
+    assert stop_token_ids(SimpleNamespace(), tok) == [151645]
+
+
+def test_empty_summaries_are_retried_with_a_minimum_length(monkeypatch):
+    import core.generation as generation
+
+    calls = []
+
+    def fake_batch(model, tok, prompts, gen):
+        calls.append((len(prompts), gen.min_new_tokens))
+        return ["" if p[0] == 0 and gen.min_new_tokens == 0 else f"summary of {p[0]}" for p in prompts]
+
+    monkeypatch.setattr(generation, "generate_batch", fake_batch)
+    gen = GenerationConfig(max_new_tokens=20)
+    prompts = [[1, 5], [0, 5, 6], [2]]
+    assert generation.generate_summaries(None, None, prompts, gen, batch_size=8) == ["summary of 1", "", "summary of 2"]
+    assert generation.generate_summaries(None, None, prompts, gen, batch_size=8, retry_empty=True) == [
+        "summary of 1", "summary of 0", "summary of 2"]
+    assert calls[-1] == (1, generation.RETRY_MIN_NEW_TOKENS)  # only the empty one, forced to write

@@ -41,6 +41,7 @@ def run_args(model_dir: Path, output_dir: Path, **overrides) -> list[str]:
         "logging_steps": 1,
         "eval_steps": 4,
         "save_steps": 4,
+        "rouge_eval_examples": 2,
         "optim": "adamw_torch",
         "output_dir": str(output_dir),
     }
@@ -89,6 +90,49 @@ def test_training_loss_goes_down_and_validation_is_logged(trained):
     assert [e["step"] for e in log if "eval_loss" in e] == [4, 8]
 
 
+def test_rouge_is_logged_at_each_evaluation_and_picks_the_kept_checkpoint(trained):
+    log = read_log(trained)
+    rouge = {e["step"]: e["eval_rougeL"] for e in log if "eval_rougeL" in e}
+    assert sorted(rouge) == [4, 8] and all(0.0 <= v <= 1.0 for v in rouge.values())
+    (best,) = [e for e in log if "best_checkpoint" in e]
+    assert best["best_metric"] == "eval_rougeL"
+    assert best["best_value"] == max(rouge.values())
+    # ties go to the first: the Trainer only replaces the best on a strict improvement
+    best_step = min(step for step, value in rouge.items() if value == best["best_value"])
+    assert best["best_checkpoint"] == f"checkpoint-{best_step}"
+
+
+def test_summary_only_loss_equals_the_full_logits_loss(tiny_model_dir, qwen_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from core.collator import SummaryCollator
+    from core.prompt import build_training_example
+    from training.trainer import summary_loss
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    rows = [("The council approved the budget on Monday after a long debate.", "Budget approved ."),
+            ("Rain fell.", "It rained all day in the north of the country .")]
+    features = [vars(build_training_example(qwen_tokenizer, a, s, 64)) for a, s in rows]
+    batch = SummaryCollator(qwen_tokenizer.pad_token_id)([{k: f[k] for k in ("input_ids", "labels")} for f in features])
+    full = model(**batch).loss  # transformers' own shifted cross-entropy over every position
+    ours, outputs = summary_loss(model, batch)
+    torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)
+    summary_tokens = int((batch["labels"][:, 1:] != -100).sum())
+    assert outputs.logits.shape[0] == summary_tokens  # the LM head ran on those positions only
+    ours.backward()  # and gradients flow through the sliced head
+
+
+def test_adapter_config_names_the_hub_base(tmp_path):
+    from core.models import name_adapter_base
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/root/.cache/x", "r": 16}))
+    name_adapter_base(tmp_path, "embedded:smollm2")
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config == {"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "r": 16}
+    shipped = json.loads((REPO / "adapters" / "smollm2-cnndm" / "adapter_config.json").read_text())
+    assert shipped["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
 def test_adapter_reloads_and_merged_logits_match(trained, tiny_model_dir, qwen_tokenizer):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -111,21 +155,73 @@ def test_resume_continues_from_the_last_checkpoint(trained, tiny_model_dir, tmp_
     # without --resume an existing run is not silently overwritten
     assert main(run_args(tiny_model_dir, out, max_steps=10)) == 1
     assert "pass --resume" in capsys.readouterr().err
-    assert main(run_args(tiny_model_dir, out, max_steps=10, resume=True)) == 0
+    # every checkpoint kept: rotation would otherwise keep only the ROUGE-best and the latest
+    assert main(run_args(tiny_model_dir, out, max_steps=10, resume=True, save_total_limit="null")) == 0
     steps = [e["step"] for e in read_log(out) if "loss" in e]
     assert steps == list(range(1, 11))  # the old history kept, steps 9-10 added, nothing redone
     state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8
 
 
-def test_early_stopping_keeps_the_best_checkpoint(tiny_model_dir, tmp_path):
+def test_early_stopping_stops_and_keeps_the_best_checkpoint(tiny_model_dir, tmp_path):
+    """A learning rate far too high makes validation loss rise: patience 1 must stop the run."""
+    from safetensors.torch import load_file
+
     out = tmp_path / "adapter"
-    args = run_args(tiny_model_dir, out, max_steps=2, eval_steps=1, save_steps=1, early_stopping_patience=5)
+    args = run_args(tiny_model_dir, out, max_steps=12, eval_steps=1, save_steps=1, early_stopping_patience=1,
+                    rouge_eval_examples=0, learning_rate=1.0, save_total_limit="null")
     assert main(args) == 0
-    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
-    evals = [e["eval_loss"] for e in state["log_history"] if "eval_loss" in e]
-    assert state["best_metric"] == pytest.approx(min(evals))
-    assert (out / "adapter_model.safetensors").exists()
+    log = read_log(out)
+    evals = {e["step"]: e["eval_loss"] for e in log if "eval_loss" in e}
+    (end,) = [e for e in log if e.get("finished")]
+    assert end["step"] < 12 and max(evals) == end["step"]  # stopped early, at its last evaluation
+    best_step = min(evals, key=evals.get)
+    assert end["step"] == best_step + 1  # the first evaluation after the best, with patience 1
+    assert evals[end["step"]] > evals[best_step]
+    assert (end["best_checkpoint"], end["best_value"]) == (f"checkpoint-{best_step}", pytest.approx(evals[best_step]))
+    final = load_file(str(out / "adapter_model.safetensors"))
+    best = load_file(str(out / f"checkpoint-{best_step}" / "adapter_model.safetensors"))
+    last = load_file(str(out / f"checkpoint-{end['step']}" / "adapter_model.safetensors"))
+    assert final.keys() == best.keys()
+    assert all(torch.equal(final[k], best[k]) for k in final)  # the best weights, not the last
+    assert any(not torch.equal(final[k], last[k]) for k in final)
+
+
+def test_resume_of_the_finished_run_trains_nothing(trained, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "adapter"
+    shutil.copytree(trained, out)
+    adapter = (out / "adapter_model.safetensors").read_bytes()
+    assert main(run_args(tiny_model_dir, out, resume=True)) == 0
+    assert "already finished at step 8" in capsys.readouterr().err
+    assert (out / "adapter_model.safetensors").read_bytes() == adapter
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+
+
+def test_sigterm_mid_training_writes_logs_and_says_resume(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """What docker stop or a timeout sends: the Ctrl-C path, not a silent death."""
+    import os
+    import signal
+
+    from training.trainer import SummaryTrainer
+
+    real = SummaryTrainer.training_step
+
+    def step(self, *args, **kwargs):
+        if self.state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SummaryTrainer, "training_step", step)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        out = tmp_path / "adapter"
+        assert main(run_args(tiny_model_dir, out, save_steps=2, eval_steps=2, rouge_eval_examples=0)) == 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err
+    assert "interrupted: logs in" in err and "--resume" in err and "Traceback" not in err
+    assert [e["step"] for e in read_log(out) if "loss" in e] == [1, 2]
+    assert not (out / "adapter_model.safetensors").exists()
 
 
 def _error_line(capsys) -> str:

@@ -6,7 +6,8 @@
     python -m training.train --config configs/param.yaml --resume         # continue a run
 
 What it does, in order:
-  1. checks the output dir is writable (before any slow work) and not silently reused;
+  1. checks the output dir is writable (before any slow work) and not silently reused, and
+     that a --resume keeps the run's plan (a finished run says so and exits 0);
   2. loads rows (hub or local JSONL), drops empty ones, tokenizes them with
      core.prompt.build_training_example (the same truncation the inference code uses);
   3. wraps the base model in a peft LoRA (only the adapter trains);
@@ -14,9 +15,11 @@ What it does, in order:
      train_log.json + loss.png in output_dir up to date at every save and eval;
   5. saves the adapter (safetensors), the tokenizer and the resolved config.yaml.
 
-Device: CUDA -> bf16 mixed precision (dtype auto); CPU -> fp32. bitsandbytes optimizers
-(paged/8-bit) need CUDA, so on CPU they fall back to adamw_torch with one warning. Under
-torchrun / accelerate launch every rank runs this same file; only rank 0 writes files.
+Device: CUDA -> bf16 mixed precision (dtype auto; fp16 on GPUs without bf16); CPU -> fp32.
+bitsandbytes optimizers (paged/8-bit) need CUDA, so on CPU they fall back to adamw_torch with
+one warning. Under torchrun / accelerate launch every rank runs this same file; only rank 0
+writes files. One process on several visible GPUs is refused (the Trainer would silently use
+DataParallel). SIGTERM (docker stop, timeouts) is handled like Ctrl-C: logs written, exit 130.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from core.config import Config, ConfigError, add_config_flags, config_from_args, save_config
+from core.config import Config, ConfigError, TrainingConfig, add_config_flags, config_from_args, first_line, save_config
 from core.data import DataError, drop_empty, load_rows
-from core.models import ModelError, load_base_model, load_tokenizer, resolve_device
+from core.models import ModelError, load_base_model, load_tokenizer, name_adapter_base, resolve_device
 from core.prompt import build_training_example, template_token_count
+from core.signals import sigterm_as_interrupt
 
 log = logging.getLogger("training.train")
 
@@ -41,22 +45,31 @@ TRAIN_LOG = "train_log.json"
 LOSS_PLOT = "loss.png"
 CONFIG_FILE = "config.yaml"
 _CPU_FALLBACK_OPTIM = "adamw_torch"
+# schedules whose learning rate does not depend on the planned total: a resume may change it
+_LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup", "reduce_lr_on_plateau")
 
 
 class TrainError(RuntimeError):
     """A problem with the run itself (output dir, resume); one line for the user."""
 
 
+class RunFinished(Exception):
+    """--resume of a run that already reached its end: nothing to train (exit 0, one line)."""
+
+
 # --- setup checks ----------------------------------------------------------------------
 
 
-def check_output_dir(output_dir: Path, resume: bool) -> str | None:
+def check_output_dir(output_dir: Path, t: TrainingConfig) -> str | None:
     """Fail now, not after hours, if output_dir is unusable; return the checkpoint to resume.
 
     A dir that already holds checkpoints is only reused with --resume: starting afresh
     there would mix two runs and let checkpoint rotation delete the old run's files.
+    A resume must also keep the run's plan (check_resume_plan).
     """
     from transformers.trainer_utils import get_last_checkpoint
+
+    resume = t.resume
 
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +85,80 @@ def check_output_dir(output_dir: Path, resume: bool) -> str | None:
             f"output dir {output_dir} already holds checkpoints of an earlier run "
             f"(latest {Path(last).name}): pass --resume to continue it, or choose another --output-dir"
         )
+    if resume and last is not None and t.max_steps > 0:  # an epoch plan is known only with the data
+        check_resume_plan(Path(last), t, t.max_steps)
     return last if resume else None
+
+
+def read_trainer_state(checkpoint: Path) -> tuple[int, int]:
+    """(global_step, max_steps) of a checkpoint."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        return int(state["global_step"]), int(state["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainError(
+            f"cannot resume from {checkpoint}: bad trainer_state.json ({first_line(exc)}); "
+            "a save cut short? delete that checkpoint to resume from the one before"
+        ) from None
+
+
+def finished_step(output_dir: Path) -> int | None:
+    """The step at which a run in output_dir ended and saved its final adapter (None: none did)."""
+    try:
+        history = json.loads((output_dir / TRAIN_LOG).read_text())
+        return max((int(e["step"]) for e in history if e.get("finished")), default=None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def check_resume_plan(checkpoint: Path, t: TrainingConfig, planned_now: int) -> None:
+    """Refuse a resume whose plan (total steps) differs; RunFinished if there is nothing left.
+
+    The scheduler is rebuilt for the new total at the old step, so a cosine or linear
+    schedule would jump from the old plan's decayed rate to the new plan's; and resuming a
+    finished run trains a step past its end and overwrites the final adapter.
+    """
+    step, planned = read_trainer_state(checkpoint)
+    length_free = t.lr_scheduler_type in _LENGTH_FREE_SCHEDULES
+    if planned_now != planned:
+        if not length_free:
+            raise TrainError(
+                f"--resume: {checkpoint.name} is from a run planned for {planned} steps, this one would run "
+                f"{planned_now}: the {t.lr_scheduler_type} learning-rate schedule would switch plans mid-run; "
+                f"keep --max-steps {planned}, or start a new --output-dir"
+            )
+        if step < planned_now:
+            return
+    ended = finished_step(checkpoint.parent)
+    if step >= planned_now or (ended is not None and ended >= step):
+        more = "raise --max-steps to train more" if length_free else f"a {t.lr_scheduler_type} schedule cannot be extended"
+        raise RunFinished(f"already finished at step {max(step, ended or 0)}: {more}, or use another --output-dir")
+
+
+def _resume_plan_callback(checkpoint: Path, t: TrainingConfig):
+    """check_resume_plan once the Trainer knows the new total (an epoch plan depends on the data)."""
+    from transformers import TrainerCallback
+
+    class ResumePlanCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            check_resume_plan(checkpoint, t, state.max_steps)
+
+    return ResumePlanCallback()
+
+
+def check_single_process_gpus() -> None:
+    """One process on several GPUs silently becomes nn.DataParallel: another batch and schedule."""
+    import torch
+
+    if "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ:  # torchrun / accelerate launch
+        return
+    n = torch.cuda.device_count()
+    if n > 1:
+        raise TrainError(
+            f"{n} GPUs visible to one process: the Trainer would use DataParallel ({n}x the batch, "
+            f"{n}x fewer steps); run `torchrun --nproc-per-node {n} -m training.train ...`, "
+            "or set CUDA_VISIBLE_DEVICES=0 for one GPU"
+        )
 
 
 def pick_optimizer(optim: str, on_cuda: bool) -> str:
@@ -145,7 +231,7 @@ def build_lora_model(model, cfg: Config):
     try:
         return get_peft_model(model, peft_config)
     except ValueError as exc:  # e.g. target modules not found in this architecture
-        raise ConfigError(f"config key 'lora_target_modules': {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"config key 'lora_target_modules': {first_line(exc)}") from None
 
 
 # --- logs and plot ---------------------------------------------------------------------
@@ -167,9 +253,13 @@ def write_log_files(log_history: list[dict], output_dir: Path, title: str) -> No
     import matplotlib.pyplot as plt
 
     _write_atomic(output_dir / TRAIN_LOG, json.dumps(log_history, indent=1).encode())
-    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
-    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e and "step" in e]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+    def series(key):
+        return [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
+
+    train, evals, rouge = series("loss"), series("eval_loss"), series("eval_rougeL")
+    fig, axes = plt.subplots(1, 2 if rouge else 1, figsize=(12 if rouge else 7, 4.5), squeeze=False)
+    ax = axes[0][0]
     if train:
         ax.plot(*zip(*train), label="training loss", color="tab:blue")
     if evals:
@@ -179,6 +269,16 @@ def write_log_files(log_history: list[dict], output_dir: Path, title: str) -> No
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if train or evals:
+        ax.legend()
+    if rouge:
+        ax = axes[0][1]
+        ax.plot(*zip(*rouge), "o-", color="tab:green", label="validation ROUGE-L (greedy summaries)")
+        best = max(rouge, key=lambda p: p[1])
+        ax.plot(*best, "*", color="tab:red", markersize=14, label=f"best: step {best[0]}, {best[1]:.4f}")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("ROUGE-L F1")
+        ax.set_title("validation ROUGE-L (the checkpoint kept is the best)")
+        ax.grid(alpha=0.3)
         ax.legend()
     buf = io.BytesIO()
     fig.tight_layout()
@@ -215,6 +315,7 @@ def training_arguments(cfg: Config, on_cuda: bool, dtype, has_eval: bool):
 
     t = cfg.training
     early = t.early_stopping_patience is not None
+    by_rouge = has_eval and t.rouge_eval_examples > 0
     try:
         return TrainingArguments(
             output_dir=t.output_dir,
@@ -242,9 +343,10 @@ def training_arguments(cfg: Config, on_cuda: bool, dtype, has_eval: bool):
             save_strategy="steps",
             save_steps=t.save_steps,
             save_total_limit=t.save_total_limit,
-            load_best_model_at_end=early,
-            metric_for_best_model="eval_loss" if early else None,
-            greater_is_better=False if early else None,
+            load_best_model_at_end=early or by_rouge,
+            metric_for_best_model="eval_rougeL" if by_rouge else "eval_loss" if early else None,
+            greater_is_better=True if by_rouge else False if early else None,
+            train_sampling_strategy="group_by_length" if t.group_by_length else "random",
             seed=t.seed,
             report_to=[],
             remove_unused_columns=False,  # the dataset holds exactly input_ids and labels
@@ -252,63 +354,98 @@ def training_arguments(cfg: Config, on_cuda: bool, dtype, has_eval: bool):
             ddp_find_unused_parameters=False,  # every LoRA weight is used in each step
         )
     except ValueError as exc:  # bad optim / scheduler name, inconsistent steps
-        raise ConfigError(f"invalid training settings: {str(exc).strip().splitlines()[0]}") from None
+        raise ConfigError(f"invalid training settings: {first_line(exc)}") from None
 
 
 def _check_settings(cfg: Config, has_eval: bool) -> None:
     t = cfg.training
-    if t.early_stopping_patience is not None:
+    if t.rouge_eval_examples < 0:
+        raise ConfigError(f"config key 'rouge_eval_examples' must be >= 0, got {t.rouge_eval_examples}")
+    selecting = {"early_stopping_patience": t.early_stopping_patience is not None, "rouge_eval_examples": t.rouge_eval_examples > 0}
+    for key, on in selecting.items():
+        if not on:
+            continue
         if not has_eval:
-            raise ConfigError("config key 'early_stopping_patience' needs an eval_split (validation loss)")
+            raise ConfigError(f"config key '{key}' needs an eval_split (validation rows)")
         if t.save_steps % t.eval_steps:
             raise ConfigError(
-                f"config key 'early_stopping_patience' needs save_steps ({t.save_steps}) "
-                f"to be a multiple of eval_steps ({t.eval_steps})"
+                f"config key '{key}' needs save_steps ({t.save_steps}) "
+                f"to be a multiple of eval_steps ({t.eval_steps}): the best checkpoint must be saved"
             )
 
 
-def train(cfg: Config) -> int:
-    from transformers import EarlyStoppingCallback, Trainer, set_seed
+def build_rouge_probe(cfg: Config, tokenizer):
+    """The first rouge_eval_examples validation rows as prompts + references (None: off)."""
+    from core.prompt import build_prompt_ids
+    from training.trainer import RougeProbe
 
-    from core.collator import SummaryCollator
-    from core.models import resolve_dtype
+    d, n = cfg.data, cfg.training.rouge_eval_examples
+    if n <= 0 or not d.eval_split:
+        return None
+    rows = drop_empty(load_rows(d.eval_dataset or d.dataset, d.eval_split, d.dataset_config), d.article_field, d.summary_field)
+    rows = rows.select(range(min(n, len(rows))))
+    prompts = [build_prompt_ids(tokenizer, a, cfg.prompt_budget, d.prompt_template) for a in rows[d.article_field]]
+    return RougeProbe(prompts, list(rows[d.summary_field]), tokenizer, cfg.generation)
 
-    t, d = cfg.training, cfg.data
-    output_dir = Path(t.output_dir)
-    has_eval = bool(d.eval_split)
-    _check_settings(cfg, has_eval)
-    resume_from = check_output_dir(output_dir, t.resume)
 
-    device = resolve_device(cfg.model.device)
-    on_cuda = device.type == "cuda"
-    dtype = resolve_dtype(cfg.model.dtype, device)
-    args = training_arguments(cfg, on_cuda, dtype, has_eval)
-    set_seed(t.seed)
-
-    tokenizer = load_tokenizer(cfg.model, padding_side="right")
+def prepare_data(cfg: Config, args, tokenizer):
+    """(train, eval or None, ROUGE probe or None); rank 0 tokenizes first, the others read its cache."""
+    d = cfg.data
     budget = template_token_count(tokenizer, d.prompt_template) + 2  # + one summary token + EOS
     if d.max_length < budget:
         raise ConfigError(f"config key 'max_length' ({d.max_length}) is below the prompt template ({budget} tokens)")
-    # Rank 0 tokenizes first and caches; the other ranks then read its cache.
     with args.main_process_first(desc="load and tokenize data"):
         train_data = load_split(cfg, d.dataset, d.train_split, tokenizer, "train")
-        eval_data = load_split(cfg, d.eval_dataset or d.dataset, d.eval_split, tokenizer, "eval") if has_eval else None
+        if not d.eval_split:
+            return train_data, None, None
+        eval_data = load_split(cfg, d.eval_dataset or d.dataset, d.eval_split, tokenizer, "eval")
+        return train_data, eval_data, build_rouge_probe(cfg, tokenizer)
 
-    # Each rank loads onto its own device (args.device is cuda:LOCAL_RANK under torchrun).
-    model = load_base_model(cfg.model, args.device if on_cuda else device)
+
+def prepare_lora_model(cfg: Config, device):
+    """The base model on `device` wrapped in a trainable LoRA (k-bit prepared if quantized)."""
+    model = load_base_model(cfg.model, device)
     model.config.use_cache = False  # no KV cache in training (and it conflicts with checkpointing)
     if cfg.model.quantization != "none":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
-    model = build_lora_model(model, cfg)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.training.gradient_checkpointing)
+    return build_lora_model(model, cfg)
+
+
+def train(cfg: Config) -> int:
+    from transformers import EarlyStoppingCallback, set_seed
+
+    from core.collator import SummaryCollator
+    from core.models import resolve_dtype
+    from training.trainer import SummaryTrainer
+
+    t = cfg.training
+    output_dir = Path(t.output_dir)
+    has_eval = bool(cfg.data.eval_split)
+    _check_settings(cfg, has_eval)
+    resume_from = check_output_dir(output_dir, t)
+
+    device = resolve_device(cfg.model.device)
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        check_single_process_gpus()
+    args = training_arguments(cfg, on_cuda, resolve_dtype(cfg.model.dtype, device), has_eval)
+    set_seed(t.seed)
+    tokenizer = load_tokenizer(cfg.model, padding_side="right")
+    train_data, eval_data, probe = prepare_data(cfg, args, tokenizer)
+    # Each rank loads onto its own device (args.device is cuda:LOCAL_RANK under torchrun).
+    model = prepare_lora_model(cfg, args.device if on_cuda else device)
     if args.process_index == 0:
         model.print_trainable_parameters()
 
     callbacks = [_log_files_callback(output_dir, f"LoRA fine-tuning of {cfg.model.base_model}")]
     if t.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    trainer = Trainer(
+    if resume_from:
+        callbacks.append(_resume_plan_callback(Path(resume_from), t))
+    trainer = SummaryTrainer(
+        rouge_probe=probe,
         model=model,
         args=args,
         train_dataset=train_data,
@@ -329,14 +466,23 @@ def train(cfg: Config) -> int:
 
     if trainer.is_world_process_zero():
         model.save_pretrained(str(output_dir), safe_serialization=True)
+        name_adapter_base(output_dir, cfg.model.base_model)
         tokenizer.save_pretrained(str(output_dir))
         save_config(cfg, output_dir / CONFIG_FILE)
-        write_log_files(trainer.state.log_history, output_dir, f"LoRA fine-tuning of {cfg.model.base_model}")
-        evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
+        state = trainer.state
+        end = {"step": state.global_step, "finished": True}  # a later --resume reads it (finished_step)
+        if state.best_model_checkpoint:
+            end.update({"best_checkpoint": Path(state.best_model_checkpoint).name,
+                        "best_metric": args.metric_for_best_model, "best_value": state.best_metric})
+        history = [*state.log_history, end]
+        write_log_files(history, output_dir, f"LoRA fine-tuning of {cfg.model.base_model}")
+        evals = [e["eval_loss"] for e in state.log_history if "eval_loss" in e]
         log.info(
-            "done: %d steps, adapter + tokenizer + %s + %s + %s saved in %s%s",
-            trainer.state.global_step, CONFIG_FILE, TRAIN_LOG, LOSS_PLOT, output_dir,
+            "done: %d steps, adapter + tokenizer + %s + %s + %s saved in %s%s%s",
+            state.global_step, CONFIG_FILE, TRAIN_LOG, LOSS_PLOT, output_dir,
             f" (last validation loss {evals[-1]:.4f})" if evals else "",
+            f"; kept {Path(state.best_model_checkpoint).name} ({args.metric_for_best_model} {state.best_metric:.4f})"
+            if state.best_model_checkpoint else "",
         )
     return 0
 
@@ -366,12 +512,22 @@ def _setup_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging()
+    sigterm_as_interrupt()  # docker stop / timeout: the same clean exit as Ctrl-C
+    rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
         cfg = config_from_args(args)
         return train(cfg)
     except (ConfigError, DataError, ModelError, TrainError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except RunFinished as done:
+        if rank0:
+            print(done, file=sys.stderr)
+        return 0
+    except KeyboardInterrupt:  # outside trainer.train (which says more): loading, saving
+        if rank0:
+            print("interrupted: rerun with --resume to continue from the last checkpoint, if any", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""SIGTERM as Ctrl-C, for every CLI.
+
+`docker stop`, `timeout` and job schedulers send SIGTERM, whose default kills the process
+on the spot: no "interrupted" line, no logs written, and (under Ray) a C++ stack trace.
+`sigterm_as_interrupt()` makes it raise KeyboardInterrupt instead, so each CLI's existing
+Ctrl-C path runs: it saves what it has, prints its `interrupted` line and exits 130.
+`ray.init` installs its own SIGTERM handlers; `keep_sigterm_handler()` around it puts an
+application's handler back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def sigterm_as_interrupt() -> bool:
+    """From now on SIGTERM raises KeyboardInterrupt; False where it cannot (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    return True
+
+
+@contextlib.contextmanager
+def keep_sigterm_handler() -> Iterator[None]:
+    """Restore a Python SIGTERM handler that the block (ray.init) replaced; leave defaults to it."""
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(before) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, before)
