@@ -16,7 +16,7 @@ kept, edge whitespace stripped), so each chunk's character span (start, end) in 
 original text is found by searching forward from the previous core's end.
 
 A token count of a chunk on its own can differ by a token or two from its count inside the
-prompt (the tokenizer merges across the boundary), so `Chunker.fits` measures the real
+prompt (the tokenizer merges across the boundary), so `Chunker.prompt_cost` measures the real
 thing: the prompt core.prompt.build_prompt_ids would build, untruncated. A chunk that does
 not fit is split again, smaller; nothing is ever cut off by truncation.
 """
@@ -119,8 +119,19 @@ class Chunker:
             costs.append(max(0, len(full) - cost))
         return max(costs)
 
-    def fits(self, text: str) -> bool:
-        return self.prompt_cost(text) <= self.chunk_size
+    def whole(self, text: str, template: str, budget: int) -> Chunk | None:
+        """The whole text as one chunk if its prompt fits `budget` untruncated, else None.
+
+        A document that fits is summarized in one pass: splitting it would only lose context.
+        """
+        if self.count_tokens(text) > budget:  # cheap early exit for long documents
+            return None
+        prompt = build_prompt_ids(self.tokenizer, text, _NO_LIMIT, template)
+        if len(prompt) > budget:
+            return None
+        start = len(text) - len(text.lstrip())
+        end = len(text.rstrip())
+        return Chunk(0, start, end, text[start:end], self.prompt_cost(text, template))
 
     # --- splitting ---------------------------------------------------------------------
 

@@ -18,7 +18,9 @@ Public API (the CLI and the batch job build on exactly this):
 How a document moves: it is split into chunks (mapreduce.chunking), every chunk is
 summarized ("map"), then mapreduce.reduce collapses the partial summaries level by level
 until they fit one prompt and writes the final summary. A document that fits in one chunk
-is summarized directly (one level, "final", with the document template).
+or whose whole prompt fits the budget is summarized in one pass (one level, "final", with
+the document template). With `mapreduce.summary_words` the reduce stops once the parts'
+summaries, joined in order, fit that length (mapreduce.reduce).
 
 Scheduling: `run` keeps up to `batch.max_docs_in_flight` documents open. Every text that
 needs summarizing (a chunk, or a group of summaries) goes to one queue, ordered by
@@ -34,8 +36,8 @@ max_task_retries). A batch that still fails is split and its texts retried one b
 (on another actor where there is one), so one bad text cannot fail its neighbours; a text
 that fails alone fails its document: an error result (summary None, error set) is
 yielded and the stream goes on. Text is never silently dropped: chunks always fit the
-prompt, a reduce that cannot finish is an error, an empty final summary is an error, and
-empty partial summaries are counted (`tokens["empty_summaries"]`). If every actor is dead, `run` raises
+prompt, a reduce that cannot finish is an error, and a summary the model leaves empty
+(even when retried with a minimum length) fails its document rather than dropping its part. If every actor is dead, `run` raises
 WorkerError (documents still in flight get no result; a resumable caller redoes them).
 """
 
@@ -250,13 +252,14 @@ class MapReduceEngine:
         if not isinstance(doc.text, str) or not doc.text.strip():
             raise ValueError("document is empty")
         t0 = time.perf_counter()
-        doc.chunks = self.chunker.split(doc.text)
+        whole = self.chunker.whole(doc.text, self.doc_template, self.cfg.prompt_budget)
+        doc.chunks = [whole] if whole is not None else self.chunker.split(doc.text)
         doc.chunking_s = time.perf_counter() - t0
         self.on_progress(Progress("document", doc.doc_id, total=len(doc.chunks)))
         texts = [c.text for c in doc.chunks]
         sources = [[c.index] for c in doc.chunks]
         tokens = sum(c.tokens for c in doc.chunks)
-        if len(doc.chunks) == 1:  # fits one prompt: summarize the document directly
+        if len(doc.chunks) == 1:  # fits one prompt: one pass over the whole document
             return self._begin(doc, ReduceLevel("final", sources, texts, tokens), "document")
         return self._begin(doc, ReduceLevel("map", sources, texts, tokens), "document")
 
@@ -285,7 +288,11 @@ class MapReduceEngine:
             doc.reduce = ReduceState.start(
                 outputs, self.count_tokens, self.cfg.mapreduce.chunk_size,
                 self.cfg.mapreduce.max_reduce_depth, split=self.chunker.split_text,
+                target_words=self.cfg.mapreduce.summary_words,
             )
+            if doc.reduce.done:  # the map summaries, joined, already fit summary_words
+                doc.closed = True
+                return []
         else:
             doc.reduce.accept(outputs)
             if doc.reduce.done:

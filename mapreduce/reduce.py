@@ -7,6 +7,12 @@ The steps follow LangGraph's map-reduce summarization recipe, as plain named lev
                pack consecutive summaries into groups that fit, summarize each group
     final      summarize the joined summaries once more -> the document's summary
 
+With a length target (`summary_words`), the reduce stops as soon as the partial summaries,
+joined in document order, fit it: a long document keeps one summary per part rather than
+being squeezed into one news-length paragraph. While they are too long, each level packs
+them into about as many groups as the target holds summaries of their current length, so
+the last level's outputs, joined, come close to the target.
+
 Two guards make it terminate on any summarizer: every collapse level must shrink the text
 (in tokens), else ReduceError; and at most `max_depth` collapse levels run, else ReduceError.
 A single summary longer than the budget is cut by `split` (the chunker) into pieces that
@@ -30,7 +36,11 @@ Split = Callable[[str], list[str]]
 
 
 class ReduceError(RuntimeError):
-    """Reduce cannot finish (no shrinking, too deep, an over-long summary); one line."""
+    """Reduce cannot finish (no shrinking, too deep, an over-long summary, an empty input); one line."""
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
 
 
 @dataclass
@@ -79,15 +89,17 @@ class ReduceState:
     max_depth: int  # collapse levels allowed before the final one
     split: Optional[Split] = None
     joiner: str = JOINER
+    target_words: int = 0  # 0: one final summary; else stop once the joined summaries fit
     levels: list[ReduceLevel] = field(default_factory=list)
     summary: Optional[str] = None
 
     @classmethod
     def start(cls, summaries: Sequence[str], count_tokens: CountTokens, budget: int, max_depth: int,
-              split: Optional[Split] = None, joiner: str = JOINER) -> "ReduceState":
-        state = cls(count_tokens, budget, max_depth, split, joiner)
+              split: Optional[Split] = None, joiner: str = JOINER, target_words: int = 0) -> "ReduceState":
+        state = cls(count_tokens, budget, max_depth, split, joiner, target_words)
         if not summaries:
             raise ReduceError("nothing to reduce: no partial summaries")
+        _check_not_empty("map", summaries)
         state._plan(list(summaries))
         return state
 
@@ -111,6 +123,7 @@ class ReduceState:
             raise ReduceError("reduce is already finished")
         if len(outputs) != len(level.inputs):
             raise ReduceError(f"{level.name}: got {len(outputs)} summaries for {len(level.inputs)} inputs")
+        _check_not_empty(level.name, outputs)
         level.outputs = list(outputs)
         level.output_tokens = self.count_tokens(self.joiner.join(outputs))
         if level.name == "final":
@@ -126,7 +139,11 @@ class ReduceState:
     def _plan(self, texts: list[str]) -> None:
         joined = self.joiner.join(texts)
         total = self.count_tokens(joined)
-        if total <= self.budget:
+        if self.target_words and count_words(joined) <= self.target_words:
+            self.summary = joined  # the parts' summaries, in order, already fit the length asked
+            return
+        groups_wanted = self._groups_wanted(texts)
+        if total <= self.budget and groups_wanted == 1:
             self.levels.append(ReduceLevel("final", [list(range(len(texts)))], [joined], total))
             return
         depth = sum(1 for lv in self.levels if lv.name.startswith("collapse"))
@@ -136,10 +153,18 @@ class ReduceState:
                 "(max_reduce_depth)"
             )
         pieces, sources = self._cut_oversized(texts)
-        groups = pack_groups(pieces, self.count_tokens, self.budget, self.joiner)
+        group_budget = min(self.budget, -(-total // groups_wanted))  # ceil: about groups_wanted groups
+        groups = pack_groups(pieces, self.count_tokens, group_budget, self.joiner)
         inputs = [self.joiner.join(pieces[j] for j in g) for g in groups]
         group_sources = [sorted({sources[j] for j in g}) for g in groups]
         self.levels.append(ReduceLevel(f"collapse-{depth + 1}", group_sources, inputs, total))
+
+    def _groups_wanted(self, texts: list[str]) -> int:
+        """How many summaries the target holds at the texts' current length (1 without a target)."""
+        if not self.target_words or len(texts) < 2:
+            return 1
+        per_summary = max(1.0, sum(count_words(t) for t in texts) / len(texts))
+        return max(1, min(len(texts) - 1, int(self.target_words // per_summary)))
 
     def _cut_oversized(self, texts: list[str]) -> tuple[list[str], list[int]]:
         """Texts with any over-budget one split into pieces; pieces[i] came from texts[sources[i]]."""
@@ -164,6 +189,17 @@ class ReduceState:
         return [lv.to_dict(self.count_tokens) for lv in self.levels]
 
 
+def _check_not_empty(level_name: str, summaries: Sequence[str]) -> None:
+    """An empty summary would silently drop its part of the document: fail instead."""
+    empty = [i for i, s in enumerate(summaries) if not s.strip()]
+    if empty:
+        raise ReduceError(
+            f"{level_name}: the model returned an empty summary for input {empty[0]}"
+            + (f" (and {len(empty) - 1} more)" if len(empty) > 1 else "")
+            + "; that part of the document would be lost"
+        )
+
+
 def reduce_summaries(
     summaries: Sequence[str],
     summarize: Summarize,
@@ -171,9 +207,10 @@ def reduce_summaries(
     budget: int,
     max_depth: int,
     split: Optional[Split] = None,
+    target_words: int = 0,
 ) -> ReduceState:
     """Synchronous reduce: collapse until the text fits, then one final summary (`.summary`)."""
-    state = ReduceState.start(summaries, count_tokens, budget, max_depth, split)
+    state = ReduceState.start(summaries, count_tokens, budget, max_depth, split, target_words=target_words)
     while not state.done:
         state.accept(summarize(state.pending))
     return state

@@ -145,3 +145,18 @@ def test_property_any_text(qwen_tokenizer, text, size, overlap_frac):
     cfg = load_config(None, {"chunk_size": size, "chunk_overlap": int(size * overlap_frac),
                              "max_length": 256, "max_new_tokens": 32})
     assert_valid_chunks(qwen_tokenizer, text, Chunker.from_config(qwen_tokenizer, cfg).split(text), cfg)
+
+
+def test_a_document_whose_prompt_fits_is_one_whole_chunk(qwen_tokenizer):
+    cfg = load_config(None, {"max_length": 512, "max_new_tokens": 80, "chunk_size": 200, "chunk_overlap": 20})
+    chunker = Chunker.from_config(qwen_tokenizer, cfg)
+    budget = prompt_budget(cfg)
+    words = "The council met again on Monday to discuss the budget. " * 60
+    text = "  " + " ".join(words.split()[: 300]) + "\n"
+    prompt = build_prompt_ids(qwen_tokenizer, text, 10**9, DEFAULT_TEMPLATE)
+    assert cfg.mapreduce.chunk_size < len(prompt) <= budget  # longer than a chunk, fits one prompt
+    whole = chunker.whole(text, DEFAULT_TEMPLATE, budget)
+    assert whole is not None and whole.text == text.strip() and text[whole.start:whole.end] == whole.text
+    assert len(chunker.split(text)) > 1  # the splitter alone would have cut it
+    longer = text + words
+    assert chunker.whole(longer, DEFAULT_TEMPLATE, budget) is None

@@ -169,3 +169,54 @@ def test_pack_groups_property(lengths, budget):
         assert joined <= budget or len(g) == 1  # fits, or a lone over-long text
         if nxt is not None:  # greedy: the next text would not have fit
             assert words(JOINER.join(texts[i] for i in g + [nxt[0]])) > budget
+
+
+# --- a length target: summaries that scale with the document ------------------------------
+
+
+def first_words(n: int):
+    """A summarizer that keeps the first n words of each input (its markers come first)."""
+    return lambda texts: [" ".join(t.split()[:n]) for t in texts]
+
+
+def test_parts_that_fit_the_target_are_the_summary_without_another_call():
+    summaries = [partial(i) for i in range(4)]  # 40 words
+    fake = Recorder(keep_markers)
+    state = reduce_summaries(summaries, fake, words, budget=100, max_depth=4, target_words=60)
+    assert fake.calls == [] and state.levels == []
+    assert state.summary == JOINER.join(summaries)  # every part kept, in order
+
+
+def test_target_collapses_into_about_as_many_groups_as_it_holds():
+    summaries = [partial(i) for i in range(40)]  # 40 x 10 words; target 40 words = 4 summaries
+    fake = Recorder(first_words(10))
+    state = reduce_summaries(summaries, fake, words, budget=120, max_depth=4, target_words=40)
+    assert [lv.name for lv in state.levels] == ["collapse-1"]
+    assert len(fake.calls[0]) in (4, 5)  # about target / words per summary groups
+    assert words(state.summary) <= 40
+    markers = MARKER.findall(state.summary)
+    assert markers[0] == "M000" and markers == sorted(markers)  # the start of every group, in order
+    assert int(markers[-1][1:]) >= 30  # the end of the document is covered too
+
+
+def test_without_a_target_one_final_summary_as_before():
+    summaries = [partial(i) for i in range(4)]
+    state = reduce_summaries(summaries, Recorder(keep_markers), words, budget=100, max_depth=4)
+    assert [lv.name for lv in state.levels] == ["final"] and state.summary == "M000 M001 M002 M003"
+
+
+def test_a_target_below_one_summary_still_ends_in_one_final_call():
+    summaries = [partial(i) for i in range(4)]  # 10 words each, target 5
+    fake = Recorder(first_words(3))
+    state = reduce_summaries(summaries, fake, words, budget=100, max_depth=4, target_words=5)
+    assert [lv.name for lv in state.levels] == ["final"] and len(fake.calls) == 1
+
+
+def test_an_empty_summary_fails_instead_of_dropping_its_part():
+    with pytest.raises(ReduceError, match="map: the model returned an empty summary for input 1"):
+        ReduceState.start([partial(0), "  ", partial(2)], words, 50, 4)
+    state = ReduceState.start([partial(i) for i in range(40)], words, 50, 4)
+    outputs = keep_markers(state.pending)
+    outputs[2] = ""
+    with pytest.raises(ReduceError, match="collapse-1: the model returned an empty summary for input 2"):
+        state.accept(outputs)

@@ -1,0 +1,122 @@
+"""The Python API: summarize long documents in this process, or on a Ray cluster.
+
+    from mapreduce.api import Summarizer, RaySummarizer
+
+    summarizer = Summarizer.from_config("configs/smollm2_cpu.yaml", adapter="adapters/smollm2-cnndm")
+    result = summarizer.summarize(text)            # one process, one CPU or GPU, no Ray
+    result.summary, result.levels, result.chunks
+
+    with RaySummarizer.from_config("configs/smollm2_cpu.yaml", adapter=...) as ray_summarizer:
+        for result in ray_summarizer.summarize_many({"a": text_a, "b": text_b}):   # Ray actors
+            result.doc_id, result.summary, result.error
+
+Both take the same steps with the same prompts: a document whose prompt fits is summarized
+in one pass; a longer one is cut by the chunker, every chunk is summarized (map), and
+mapreduce.reduce collapses the summaries level by level (to `summary_words`, or to one
+final summary). `Summarizer` runs them one after the other here; `RaySummarizer` is the
+engine the CLI and the batch job use, batching chunks of many documents over actors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Optional, Union
+
+from core.config import Config, load_config
+
+ConfigLike = Union[Config, str, Path, None]
+
+
+def resolve_config(config: ConfigLike = None, **overrides) -> Config:
+    """A Config from a Config, a YAML path or None (defaults), with flat key overrides."""
+    if isinstance(config, Config):
+        return load_config(None, {**_flat(config), **overrides}) if overrides else config
+    return load_config(config, overrides)
+
+
+def _flat(cfg: Config) -> dict:
+    return {k: v for section in cfg.to_dict().values() for k, v in section.items()}
+
+
+@dataclass
+class Summary:
+    summary: str
+    chunks: list = field(default_factory=list)  # mapreduce.chunking.Chunk, with character spans
+    levels: list = field(default_factory=list)  # mapreduce.reduce.ReduceLevel: map, collapse-k, final
+
+
+class Summarizer:
+    """One model in this process; `summarize(text)` runs chunk -> map -> reduce without Ray."""
+
+    def __init__(self, cfg: Config, model, tokenizer):
+        from mapreduce.chunking import Chunker, reduce_template
+
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.chunker = Chunker.from_config(tokenizer, cfg)
+        self.reduce_template = reduce_template(cfg)
+
+    @classmethod
+    def from_config(cls, config: ConfigLike = None, **overrides) -> "Summarizer":
+        from core.models import load_for_inference
+
+        cfg = resolve_config(config, **overrides)
+        model, tokenizer = load_for_inference(cfg.model)
+        return cls(cfg, model, tokenizer)
+
+    def _generate(self, texts: list[str], template: str) -> list[str]:
+        from core.generation import summarize_texts
+
+        return summarize_texts(self.model, self.tokenizer, texts, template, self.cfg.prompt_budget, self.cfg.generation)
+
+    def summarize(self, text: str) -> Summary:
+        from mapreduce.reduce import ReduceError, ReduceLevel, ReduceState
+
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("document is empty")
+        cfg, template = self.cfg, self.cfg.data.prompt_template
+        whole = self.chunker.whole(text, template, cfg.prompt_budget)
+        chunks = [whole] if whole is not None else self.chunker.split(text)
+        first = ReduceLevel("final" if len(chunks) == 1 else "map", [[c.index] for c in chunks],
+                            [c.text for c in chunks], sum(c.tokens for c in chunks))
+        first.outputs = self._generate(first.inputs, template)
+        if len(chunks) == 1:
+            if not first.outputs[0].strip():
+                raise ReduceError("the model returned an empty summary")
+            return Summary(first.outputs[0], chunks, [first])
+        count = lambda t: self.chunker.prompt_cost(t, self.reduce_template)  # noqa: E731 (the engine's unit)
+        state = ReduceState.start(first.outputs, count, cfg.mapreduce.chunk_size, cfg.mapreduce.max_reduce_depth,
+                                  split=self.chunker.split_text, target_words=cfg.mapreduce.summary_words)
+        while not state.done:
+            state.accept(self._generate(state.pending, self.reduce_template))
+        return Summary(state.summary, chunks, [first] + state.levels)
+
+
+class RaySummarizer:
+    """The Ray engine behind a context manager: many documents, batched across actors."""
+
+    def __init__(self, cfg: Config, say=None):
+        self.cfg, self.say, self._context, self.engine = cfg, say, None, None
+
+    @classmethod
+    def from_config(cls, config: ConfigLike = None, say=None, **overrides) -> "RaySummarizer":
+        return cls(resolve_config(config, **overrides), say)
+
+    def __enter__(self) -> "RaySummarizer":
+        from mapreduce.engine import open_engine
+
+        self._context = open_engine(self.cfg, say=self.say)
+        self.engine = self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._context.__exit__(*exc)
+        self.engine = None
+
+    def summarize(self, text: str, doc_id: str = "document"):
+        return self.engine.summarize(text, doc_id)
+
+    def summarize_many(self, docs: Union[Mapping[str, str], Iterable[tuple[str, str]]]) -> Iterator:
+        """DocumentResults in completion order; a failed document is a result with `.error`."""
+        items = docs.items() if isinstance(docs, Mapping) else docs
+        return self.engine.run(items)

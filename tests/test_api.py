@@ -1,0 +1,63 @@
+"""The Python API: in-process map-reduce, and the same summary from the Ray engine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import CNNDM_TEST
+from mapreduce.api import RaySummarizer, Summarizer, resolve_config
+
+SETTINGS = dict(max_length=160, max_new_tokens=12, chunk_size=100, chunk_overlap=10,
+                generation_batch_size=4, num_workers=1, num_cpus_per_worker=1.0)
+
+
+def _document(articles: int = 2) -> str:
+    rows = [json.loads(line) for _, line in zip(range(articles), CNNDM_TEST.open())]
+    return "\n\n".join(" ".join(r["article"].split()[:150]) for r in rows)
+
+
+@pytest.fixture(scope="module")
+def summarizer(lively_model_dir):
+    return Summarizer.from_config(None, base_model=str(lively_model_dir), **SETTINGS)
+
+
+def test_in_process_map_reduce_runs_every_level(summarizer):
+    text = _document()
+    result = summarizer.summarize(text)
+    assert result.summary.strip()
+    assert len(result.chunks) > 2 and result.levels[0].name == "map"
+    assert len(result.levels[0].outputs) == len(result.chunks)
+    assert result.levels[-1].name == "final" and result.levels[-1].outputs == [result.summary]
+    assert all(text[c.start:c.end] == c.text for c in result.chunks)
+
+
+def test_a_short_document_is_one_pass(summarizer):
+    result = summarizer.summarize("The council approved the new budget on Monday after a long debate.")
+    assert [lv.name for lv in result.levels] == ["final"] and len(result.chunks) == 1
+
+
+def test_length_target_keeps_one_summary_per_part(lively_model_dir):
+    summarizer = Summarizer.from_config(None, base_model=str(lively_model_dir), summary_words=10_000, **SETTINGS)
+    result = summarizer.summarize(_document())
+    assert [lv.name for lv in result.levels] == ["map"]  # the map summaries already fit the target
+    assert result.summary == "\n\n".join(result.levels[0].outputs)
+
+
+def test_config_overrides_and_errors():
+    cfg = resolve_config(None, chunk_size=123, chunk_overlap=5)
+    assert (cfg.mapreduce.chunk_size, resolve_config(cfg, max_new_tokens=7).generation.max_new_tokens) == (123, 7)
+    with pytest.raises(ValueError, match="empty"):
+        Summarizer.summarize(object.__new__(Summarizer), "  ")
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_same_summary(summarizer, lively_model_dir):
+    text = _document()
+    local = summarizer.summarize(text)
+    with RaySummarizer.from_config(None, base_model=str(lively_model_dir), **SETTINGS) as remote:
+        (result,) = list(remote.summarize_many({"doc": text}))
+    assert result.ok, result.error
+    assert result.summary == local.summary
+    assert [lv["name"] for lv in result.tree["levels"]] == [lv.name for lv in local.levels]
