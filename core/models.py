@@ -224,6 +224,44 @@ def name_adapter_base(adapter_dir: str | Path, base_model: str) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def check_adapter_fits(cfg: ModelConfig) -> None:
+    """One line now, not a worker traceback later, for an adapter made for another base model.
+
+    Builds the base on the meta device (no weights) and checks that every LoRA tensor in
+    adapter_model.safetensors names a module of it with matching in/out features.
+    """
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(cfg.adapter).expanduser()
+    weights = path / "adapter_model.safetensors"
+    if not (path / "adapter_config.json").exists() or not weights.exists():
+        raise ModelError(f"adapter dir not found or without adapter_config.json + adapter_model.safetensors: {path}")
+    source, gguf = resolve_model_path(cfg.base_model)
+    try:
+        config = AutoConfig.from_pretrained(source, gguf_file=gguf, trust_remote_code=cfg.trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    except Exception as exc:
+        raise ModelError(f"base model {cfg.base_model!r} is not a causal LM this adapter can attach to: "
+                         f"{first_line(exc)}") from None
+    modules = dict(model.named_modules())
+    with safe_open(str(weights), "pt") as tensors:
+        for key in tensors.keys():
+            name, _, kind = key.removeprefix("base_model.model.").rpartition(".lora_")
+            if not name:
+                continue
+            module, shape = modules.get(name), tensors.get_slice(key).get_shape()
+            if module is None:
+                raise ModelError(f"adapter {path} does not fit base model {cfg.base_model}: it has no module {name}")
+            want = getattr(module, "in_features", None) if kind.startswith("A") else getattr(module, "out_features", None)
+            have = shape[1] if kind.startswith("A") else shape[0]
+            if want is not None and have != want:
+                raise ModelError(f"adapter {path} does not fit base model {cfg.base_model}: {name} has "
+                                 f"{want} features, the adapter {have} (an adapter for another model?)")
+
+
 def load_for_inference(cfg: ModelConfig, with_adapter: bool = True, device=None):
     """(model, tokenizer) ready for generation: adapter attached (merged) if configured."""
     tokenizer = load_tokenizer(cfg, padding_side="left")

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from core.config import ConfigError, add_config_flags, config_from_args
@@ -119,6 +120,21 @@ class _ProgressBar:
             self.bar.close()
 
 
+@contextmanager
+def stdout_to_stderr():
+    """Send file descriptor 1 to stderr while Ray runs: its `(raylet)` notices (a restarted
+    actor, a retried task) are printed to stdout and would corrupt `--json > tree.json`."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -134,7 +150,7 @@ def summarize(args: argparse.Namespace) -> int:
 
     bar = _ProgressBar(enabled=not args.no_progress)
     try:
-        with open_engine(cfg, on_progress=bar, say=_say) as engine:
+        with stdout_to_stderr(), open_engine(cfg, on_progress=bar, say=_say) as engine:
             results = {r.doc_id: r for r in engine.run(texts.items())}
     finally:
         bar.close()

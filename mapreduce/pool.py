@@ -120,7 +120,11 @@ class SummarizerWorker:
 def check_adapter(cfg: Config) -> None:
     """Fail fast, in the driver, on an adapter dir the actors could not load."""
     if cfg.model.adapter and not (Path(cfg.model.adapter).expanduser() / "adapter_config.json").exists():
-        raise WorkerError(f"adapter dir not found or has no adapter_config.json: {cfg.model.adapter}")
+        hint = ""
+        if os.environ.get("RAY_JOB_ID") and not Path(cfg.model.adapter).is_absolute():
+            hint = (" (under `ray job submit --working-dir`, git-ignored dirs such as outputs/ are not uploaded: "
+                    "keep the adapter under adapters/ or pass an absolute path on shared storage)")
+        raise WorkerError(f"adapter dir not found or has no adapter_config.json: {cfg.model.adapter}{hint}")
 
 
 def worker_resources(cfg: Config, cluster: dict) -> tuple[int, float, float]:

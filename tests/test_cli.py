@@ -130,3 +130,27 @@ def test_end_to_end_json(tmp_path, tiny_model_dir):
     assert tree["chunks"][0]["start"] == 0 and tree["chunks"][-1]["end"] == len(text.rstrip())
     assert "Traceback" not in stderr and "total" in stderr.strip().splitlines()[-1]
     assert len(stderr.strip().splitlines()) <= 5, stderr  # Ray's own logs do not reach the terminal
+
+
+@pytest.mark.slow
+def test_json_stdout_stays_json_after_an_actor_crash(tmp_path, tiny_model_dir):
+    """Ray prints `(raylet)` notices on stdout when an actor dies; they must not reach it."""
+    from mapreduce.pool import FAULT_ENV
+
+    with open(LONGDOCS) as f:
+        text = json.loads(f.readline())["document"][:4000]
+    doc = tmp_path / "meeting.md"
+    doc.write_text(text)
+    marker = tmp_path / "crashed"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false",
+               **{FAULT_ENV: f"crash-once:{marker}"})
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        CLI + [str(doc), "--json", "--base-model", str(tiny_model_dir), "--max-length", "256", "--max-new-tokens", "8",
+               "--chunk-size", "200", "--chunk-overlap", "20", "--no-progress", "--num-workers", "1"],
+        cwd=REPO, env=env, capture_output=True, timeout=600,
+    )
+    assert marker.exists(), "the injected crash never happened"
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    out = json.loads(proc.stdout)  # nothing but the JSON on stdout
+    assert out["error"] is None
