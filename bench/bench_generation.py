@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.config import ConfigError, load_config  # noqa: E402
-from core.data import DataError, load_rows  # noqa: E402
-from core.models import ModelError  # noqa: E402
+from core.config import load_config  # noqa: E402
+from core.data import load_rows  # noqa: E402
+from core.errors import UserError  # noqa: E402
 
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cnndm" / "test.jsonl")
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = load_rows(cfg.data.dataset, f"{cfg.data.test_split}[:{args.num_articles}]", cfg.data.dataset_config)
         tokenizer = load_tokenizer(cfg.model, padding_side="left")
         model = load_base_model(cfg.model)
-    except (ConfigError, DataError, ModelError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

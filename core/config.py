@@ -19,21 +19,7 @@ from typing import Any, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad config value; its message is one line meant for the user."""
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-blank line of an exception's message, else its type name.
-
-    For one-line `error:` messages: some messages are empty (datasets raises a bare
-    StopIteration on an empty file) or start with a newline, and must not crash the report.
-    """
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
+from core.errors import ConfigError, first_line  # ConfigError is also imported from here
 
 
 @dataclass

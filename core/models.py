@@ -23,7 +23,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from core.config import ModelConfig, first_line
+from core.config import ModelConfig
+from core.errors import ModelError, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ EMBEDDED_HUB_IDS = {
     "minilm": "sentence-transformers/all-MiniLM-L6-v2",
 }
 _READY_MARKER = "fetch_ok.json"
-
-
-class ModelError(RuntimeError):
-    """A model that cannot be loaded; one line for the user."""
 
 
 def cache_dir() -> Path:
@@ -325,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(fetch_embedded(name, args.force))
         else:
             print(embedded_model_dir("smollm2"))
-    except ModelError as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

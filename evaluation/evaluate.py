@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from core.config import Config, ConfigError, add_config_flags, config_from_args, first_line
+from core.config import Config, ConfigError, add_config_flags, config_from_args
 from core.data import DataError, load_rows
-from core.models import ModelError
+from core.errors import ModelError, UserError, first_line, typed_line
 from core.signals import sigterm_as_interrupt
 
 log = logging.getLogger("evaluate")
@@ -213,12 +213,6 @@ def run_lead3(todo: list[Example], out: GenerationsLog) -> None:
     out.flush()
 
 
-def _describe(exc: BaseException) -> str:
-    """`Type: first line`, or just `Type` for an empty message."""
-    line, name = first_line(exc), type(exc).__name__
-    return name if line == name else f"{name}: {line}"
-
-
 def _generate_or_split(model, tokenizer, prompts, gen) -> list[tuple[Optional[str], Optional[str]]]:
     """(text, None) per prompt; a failing batch is retried one prompt at a time."""
     from core import generation
@@ -227,7 +221,7 @@ def _generate_or_split(model, tokenizer, prompts, gen) -> list[tuple[Optional[st
         return [(t, None) for t in generation.generate_batch(model, tokenizer, prompts, gen)]
     except Exception as exc:  # e.g. out of memory on a long batch: keep going, record it
         if len(prompts) == 1:
-            return [(None, f"generation failed: {_describe(exc)}")]
+            return [(None, f"generation failed: {typed_line(exc)}")]
         log.warning("a batch of %d failed (%s); retrying its prompts one by one", len(prompts), type(exc).__name__)
         return [_generate_or_split(model, tokenizer, [p], gen)[0] for p in prompts]
 
@@ -526,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     sigterm_as_interrupt()  # docker stop / timeout: the same clean exit as Ctrl-C
     try:
         evaluate(config_from_args(args))
-    except (ConfigError, DataError, ModelError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

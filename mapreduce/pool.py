@@ -35,12 +35,13 @@ from typing import Optional
 import ray
 
 from core.config import Config
+from core.errors import UserError
 from core.signals import keep_sigterm_handler
 
 FAULT_ENV = "MAPREDUCE_TEST_FAULT"  # test hook, see _injected_fault
 
 
-class WorkerError(RuntimeError):
+class WorkerError(UserError, RuntimeError):
     """The worker pool cannot do its job (no actor could start, all died); one line."""
 
 

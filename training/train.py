@@ -33,9 +33,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from core.config import Config, ConfigError, TrainingConfig, add_config_flags, config_from_args, first_line, save_config
+from core.config import Config, ConfigError, TrainingConfig, add_config_flags, config_from_args, save_config
 from core.data import DataError, drop_empty, load_rows
-from core.models import ModelError, load_base_model, load_tokenizer, name_adapter_base, resolve_device
+from core.errors import UserError, first_line
+from core.models import load_base_model, load_tokenizer, name_adapter_base, resolve_device
 from core.prompt import build_training_example, template_token_count
 from core.signals import sigterm_as_interrupt
 
@@ -49,7 +50,7 @@ _CPU_FALLBACK_OPTIM = "adamw_torch"
 _LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup", "reduce_lr_on_plateau")
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
     """A problem with the run itself (output dir, resume); one line for the user."""
 
 
@@ -517,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         return train(cfg)
-    except (ConfigError, DataError, ModelError, TrainError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except RunFinished as done:
