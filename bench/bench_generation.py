@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
-    budget = cfg.data.max_length - cfg.generation.max_new_tokens
-    prompts = [build_prompt_ids(tokenizer, r[cfg.data.article_field], budget, cfg.data.prompt_template) for r in rows]
+    prompts = [build_prompt_ids(tokenizer, r[cfg.data.article_field], cfg.prompt_budget, cfg.data.prompt_template) for r in rows]
     lengths = [len(p) for p in prompts]
     bs = cfg.generation.generation_batch_size
     unsorted_batches = [list(range(i, min(i + bs, len(prompts)))) for i in range(0, len(prompts), bs)]

@@ -228,6 +228,12 @@ def _check_worker_resources(mr: MapReduceConfig, device: str) -> None:
         raise ConfigError(f"config key 'max_task_retries' must be >= 0, got {mr.max_task_retries}")
 
 
+# A floor under the prompt budget, checked at load where no tokenizer exists yet: a budget this
+# small holds no real prompt. It is not the template's size; core.prompt.check_template_fits
+# measures that once a command has its tokenizer.
+PROMPT_BUDGET_FLOOR = 16
+
+
 def _check_values(cfg: Config) -> None:
     """Cross-field checks that a type alone cannot express."""
     d, m, g, mr = cfg.data, cfg.model, cfg.generation, cfg.mapreduce
@@ -235,10 +241,10 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("config key 'prompt_template' must contain '{article}' exactly once")
     if mr.reduce_template is not None and mr.reduce_template.count("{article}") != 1:
         raise ConfigError("config key 'reduce_template' must contain '{article}' exactly once")
-    if d.max_length <= g.max_new_tokens + 16:
+    if cfg.prompt_budget <= PROMPT_BUDGET_FLOOR:
         raise ConfigError(
             f"config key 'max_length' ({d.max_length}) must exceed max_new_tokens "
-            f"({g.max_new_tokens}) by more than the prompt template"
+            f"({g.max_new_tokens}) by more than {PROMPT_BUDGET_FLOOR} tokens (the least room for a prompt)"
         )
     if m.quantization not in ("none", "4bit", "8bit"):
         raise ConfigError(f"config key 'quantization' must be none, 4bit or 8bit, got {m.quantization!r}")

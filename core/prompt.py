@@ -104,7 +104,7 @@ def build_prompt_ids(
 ) -> list[int]:
     """Inference prompt: the article cut from its end until the whole prompt fits.
 
-    Callers pass max_prompt_tokens = max_length - max_new_tokens, the budget training used.
+    Callers pass max_prompt_tokens = Config.prompt_budget, the budget training used.
     """
     ids, a0, a1, _ = _tokenize_prompt(tokenizer, article, template)
     overflow = len(ids) - max_prompt_tokens

@@ -231,13 +231,12 @@ def run_model_system(system: str, model, tokenizer, template: str, todo: list[Ex
     from core.generation import length_sorted_batches
     from core.prompt import build_prompt_ids
 
-    budget = cfg.data.max_length - cfg.generation.max_new_tokens
     examples, prompts = [], []
     with _progress(system, len(todo)) as bar:
         for ex in todo:
             try:
                 check_example(ex)
-                prompts.append(build_prompt_ids(tokenizer, ex.article, budget, template))
+                prompts.append(build_prompt_ids(tokenizer, ex.article, cfg.prompt_budget, template))
                 examples.append(ex)
             except ValueError as exc:
                 out.add(system, ex, error=str(exc))
@@ -262,10 +261,9 @@ def _prompt_template(system: str, tokenizer, cfg: Config) -> str:
             raise ConfigError(f"system 'base_chat': {exc}") from None
     else:
         template = cfg.data.prompt_template
-    budget = cfg.data.max_length - cfg.generation.max_new_tokens
-    if template_token_count(tokenizer, template) >= budget:
+    if template_token_count(tokenizer, template) >= cfg.prompt_budget:
         raise ConfigError(
-            f"system '{system}': the prompt template alone fills the prompt budget of {budget} tokens "
+            f"system '{system}': the prompt template alone fills the prompt budget of {cfg.prompt_budget} tokens "
             "(max_length - max_new_tokens); raise max_length"
         )
     return template

@@ -53,11 +53,6 @@ class Chunk:
         return d
 
 
-def prompt_budget(cfg: Config) -> int:
-    """Prompt tokens the adapter saw in training: max_length - max_new_tokens."""
-    return cfg.data.max_length - cfg.generation.max_new_tokens
-
-
 def reduce_template(cfg: Config) -> str:
     """The prompt for summarizing summaries; by default the training template itself."""
     return cfg.mapreduce.reduce_template or cfg.data.prompt_template
@@ -65,7 +60,7 @@ def reduce_template(cfg: Config) -> str:
 
 def check_chunk_budget(tokenizer, cfg: Config) -> None:
     """ConfigError unless a full chunk plus either template fits the prompt budget."""
-    budget = prompt_budget(cfg)
+    budget = cfg.prompt_budget
     size = cfg.mapreduce.chunk_size
     for name, template in (("prompt_template", cfg.data.prompt_template), ("reduce_template", reduce_template(cfg))):
         cost = template_token_count(tokenizer, template)
