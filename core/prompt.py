@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from core.errors import ConfigError
+
 DEFAULT_TEMPLATE = "[INST] Summarize the following news article:\n\n{article}\n\nSummary: [/INST]"
 IGNORE_INDEX = -100
 
@@ -97,6 +99,22 @@ def template_token_count(tokenizer, template: str = DEFAULT_TEMPLATE) -> int:
         ids, a0, a1, _ = _tokenize_prompt(tokenizer, probe, template)
         costs.append(len(ids) - (a1 - a0))
     return max(costs)
+
+
+def check_template_fits(tokenizer, template: str, budget: int, what: str, room: int = 1,
+                        budget_name: str = "max_length - max_new_tokens") -> int:
+    """The template's token cost; ConfigError unless `room` more tokens fit beside it in `budget`.
+
+    The one check that a template leaves space for its text (an article: room 1; a full
+    chunk: chunk_size), run once the tokenizer is known. `what` names that text for the user.
+    """
+    cost = template_token_count(tokenizer, template)
+    if cost + room > budget:
+        raise ConfigError(
+            f"{what} does not fit beside the template ({cost} tokens) in {budget_name} ({budget} tokens): "
+            f"at most {max(0, budget - cost)} tokens do"
+        )
+    return cost
 
 
 def build_prompt_ids(

@@ -252,7 +252,7 @@ def run_model_system(system: str, model, tokenizer, template: str, todo: list[Ex
 
 
 def _prompt_template(system: str, tokenizer, cfg: Config) -> str:
-    from core.prompt import chat_template, template_token_count
+    from core.prompt import chat_template, check_template_fits
 
     if system == "base_chat":
         try:
@@ -261,11 +261,7 @@ def _prompt_template(system: str, tokenizer, cfg: Config) -> str:
             raise ConfigError(f"system 'base_chat': {exc}") from None
     else:
         template = cfg.data.prompt_template
-    if template_token_count(tokenizer, template) >= cfg.prompt_budget:
-        raise ConfigError(
-            f"system '{system}': the prompt template alone fills the prompt budget of {cfg.prompt_budget} tokens "
-            "(max_length - max_new_tokens); raise max_length"
-        )
+    check_template_fits(tokenizer, template, cfg.prompt_budget, f"system '{system}': an article")
     return template
 
 

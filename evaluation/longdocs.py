@@ -405,12 +405,10 @@ def run_mapreduce(cfg: Config, todo: list[LongDoc], out: GenerationLog, setup: s
 def _load_truncate_model(cfg: Config):
     """(model, tokenizer) in this process; the template must leave room for the document."""
     from core.models import load_for_inference, load_tokenizer
-    from core.prompt import template_token_count
+    from core.prompt import check_template_fits
 
-    cost = template_token_count(load_tokenizer(cfg.model, padding_side="left"), cfg.data.prompt_template)
-    if cost >= cfg.prompt_budget:
-        raise ConfigError(f"the prompt template ({cost} tokens) fills the prompt budget of {cfg.prompt_budget} "
-                          "tokens (max_length - max_new_tokens); raise max_length")
+    tokenizer = load_tokenizer(cfg.model, padding_side="left")
+    check_template_fits(tokenizer, cfg.data.prompt_template, cfg.prompt_budget, "system 'truncate': an article")
     log.info("loading %s%s for the truncate system", cfg.model.base_model,
              f" + {cfg.model.adapter}" if cfg.model.adapter else "")
     return load_for_inference(cfg.model)

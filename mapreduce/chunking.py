@@ -30,7 +30,7 @@ from typing import Sequence
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from core.config import Config, ConfigError
-from core.prompt import build_prompt_ids, template_token_count
+from core.prompt import build_prompt_ids, check_template_fits, template_token_count
 
 # paragraphs, lines, sentences, clauses, words, characters
 SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ", ""]
@@ -60,16 +60,9 @@ def reduce_template(cfg: Config) -> str:
 
 def check_chunk_budget(tokenizer, cfg: Config) -> None:
     """ConfigError unless a full chunk plus either template fits the prompt budget."""
-    budget = cfg.prompt_budget
     size = cfg.mapreduce.chunk_size
     for name, template in (("prompt_template", cfg.data.prompt_template), ("reduce_template", reduce_template(cfg))):
-        cost = template_token_count(tokenizer, template)
-        if size + cost > budget:
-            raise ConfigError(
-                f"chunk_size ({size}) + {name} ({cost} tokens) must be <= max_length - max_new_tokens "
-                f"({cfg.data.max_length} - {cfg.generation.max_new_tokens} = {budget}); "
-                f"use --chunk-size {max(1, budget - cost)} or less"
-            )
+        check_template_fits(tokenizer, template, cfg.prompt_budget, f"{name}: chunk_size ({size})", room=size)
 
 
 class Chunker:

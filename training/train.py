@@ -37,7 +37,7 @@ from core.config import Config, ConfigError, TrainingConfig, add_config_flags, c
 from core.data import DataError, drop_empty, load_rows
 from core.errors import UserError, first_line
 from core.models import load_base_model, load_tokenizer, name_adapter_base, resolve_device
-from core.prompt import build_training_example, template_token_count
+from core.prompt import build_training_example, check_template_fits
 from core.signals import sigterm_as_interrupt
 
 log = logging.getLogger("training.train")
@@ -392,9 +392,8 @@ def build_rouge_probe(cfg: Config, tokenizer):
 def prepare_data(cfg: Config, args, tokenizer):
     """(train, eval or None, ROUGE probe or None); rank 0 tokenizes first, the others read its cache."""
     d = cfg.data
-    budget = template_token_count(tokenizer, d.prompt_template) + 2  # + one summary token + EOS
-    if d.max_length < budget:
-        raise ConfigError(f"config key 'max_length' ({d.max_length}) is below the prompt template ({budget} tokens)")
+    check_template_fits(tokenizer, d.prompt_template, d.max_length, "config key 'max_length': a summary token and EOS",
+                        room=2, budget_name="max_length")
     with args.main_process_first(desc="load and tokenize data"):
         train_data = load_split(cfg, d.dataset, d.train_split, tokenizer, "train")
         if not d.eval_split:
