@@ -144,13 +144,27 @@ def load_base_model(cfg: ModelConfig, device=None):
     return model
 
 
+def check_adapter_dir(adapter_dir: str) -> Path:
+    """The adapter dir, expanded; ModelError unless it holds peft's adapter_config.json.
+
+    Callers run it before slow work (Ray, generation), not only when the adapter loads.
+    """
+    path = Path(adapter_dir).expanduser()
+    if not (path / "adapter_config.json").exists():
+        raise ModelError(f"adapter dir not found or has no adapter_config.json: {adapter_dir}")
+    return path
+
+
+def merges_adapter(cfg: ModelConfig) -> bool:
+    """Merge the adapter into the weights for inference, unless they are 4/8-bit: merging re-rounds them."""
+    return cfg.merge_adapter and cfg.quantization == "none"
+
+
 def attach_adapter(model, adapter_dir: str, merge: bool = True, trainable: bool = False):
     """Base + peft LoRA adapter; merged into plain weights for inference when `merge`."""
     from peft import PeftModel
 
-    path = Path(adapter_dir).expanduser()
-    if not (path / "adapter_config.json").exists():
-        raise ModelError(f"adapter dir not found or has no adapter_config.json: {path}")
+    path = check_adapter_dir(adapter_dir)
     model = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
     if merge:
         model = model.merge_and_unload()
@@ -178,7 +192,7 @@ def load_for_inference(cfg: ModelConfig, with_adapter: bool = True, device=None)
     tokenizer = load_tokenizer(cfg, padding_side="left")
     model = load_base_model(cfg, device)
     if with_adapter and cfg.adapter:
-        model = attach_adapter(model, cfg.adapter, merge=cfg.merge_adapter and cfg.quantization == "none")
+        model = attach_adapter(model, cfg.adapter, merge=merges_adapter(cfg))
     return model, tokenizer
 
 

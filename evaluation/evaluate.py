@@ -267,7 +267,7 @@ def _prompt_template(system: str, tokenizer, cfg: Config) -> str:
 
 def generate_all(cfg: Config, todo: dict[str, list[Example]], out: GenerationsLog) -> None:
     """LEAD-3, then the base model's systems, then the adapter merged into the same model."""
-    from core.models import attach_adapter, load_base_model, load_tokenizer
+    from core.models import attach_adapter, load_base_model, load_tokenizer, merges_adapter
 
     if todo.get("lead3"):
         run_lead3(todo["lead3"], out)
@@ -281,8 +281,7 @@ def generate_all(cfg: Config, todo: dict[str, list[Example]], out: GenerationsLo
     for system in wanted:
         if system == "adapter":
             log.info("merging adapter %s", cfg.model.adapter)
-            merge = cfg.model.merge_adapter and cfg.model.quantization == "none"
-            model = attach_adapter(model, cfg.model.adapter, merge=merge)
+            model = attach_adapter(model, cfg.model.adapter, merge=merges_adapter(cfg.model))
         run_model_system(system, model, tokenizer, templates[system], todo[system], cfg, out)
 
 
@@ -428,7 +427,7 @@ def write_per_example(path: Path, examples, systems, records, scores, errors) ->
 
 def check_setup(cfg: Config) -> tuple[str, int]:
     """Fail on bad settings before any generation; returns the BERTScore (model_type, layer)."""
-    from core.models import resolve_model_path
+    from core.models import check_adapter_dir, resolve_model_path
     from evaluation.metrics import resolve_bertscore_encoder
 
     systems = cfg.evaluation.systems
@@ -439,8 +438,7 @@ def check_setup(cfg: Config) -> tuple[str, int]:
     if "adapter" in systems:
         if not cfg.model.adapter:
             raise ConfigError("system 'adapter' needs config key 'adapter' (--adapter DIR)")
-        if not (Path(cfg.model.adapter).expanduser() / "adapter_config.json").exists():
-            raise ModelError(f"adapter dir not found or has no adapter_config.json: {cfg.model.adapter}")
+        check_adapter_dir(cfg.model.adapter)
     if any(s in MODEL_SYSTEMS for s in systems):
         resolve_model_path(cfg.model.base_model)
     model_type, layer = resolve_bertscore_encoder(cfg.evaluation.bertscore_model, cfg.evaluation.bertscore_num_layers)

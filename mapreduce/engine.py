@@ -404,14 +404,15 @@ def open_engine(cfg: Config, on_progress: Optional[Callable[[Progress], None]] =
     Everything that can be checked without Ray (model files, adapter dir, chunk budget)
     is checked first, so a bad input fails in a second rather than after Ray starts.
     """
-    from core.models import load_tokenizer
-    from mapreduce.pool import check_adapter, init_ray
+    from core.models import check_adapter_dir, load_tokenizer
+    from mapreduce.pool import init_ray
 
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     started = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
     Chunker.from_config(tokenizer, cfg)
-    check_adapter(cfg)
+    if cfg.model.adapter:
+        check_adapter_dir(cfg.model.adapter)
     started_ray = init_ray(cfg)
     pool = None
     try:
