@@ -36,14 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from core.config import Config, ConfigError, add_config_flags, config_from_args
+from core.config import EVAL_SYSTEMS, Config, ConfigError, add_config_flags, config_from_args
 from core.data import DataError, load_rows
 from core.errors import ModelError, UserError, first_line, typed_line
 from core.signals import sigterm_as_interrupt
 
 log = logging.getLogger("evaluate")
 
-MODEL_SYSTEMS = ("base", "base_chat", "adapter")  # in generation order: adapter last
+MODEL_SYSTEMS = tuple(s for s in EVAL_SYSTEMS if s != "lead3")  # in generation order: adapter last
 DISPLAY_NAMES = {
     "lead3": "LEAD-3",
     "base": "Base",

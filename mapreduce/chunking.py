@@ -29,7 +29,7 @@ from typing import Sequence
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from core.config import Config, ConfigError
+from core.config import Config, check_chunk_overlap
 from core.prompt import build_prompt_ids, check_template_fits, template_token_count
 
 # paragraphs, lines, sentences, clauses, words, characters
@@ -75,8 +75,7 @@ class Chunker:
         chunk_overlap: int,
         templates: Sequence[str],
     ):
-        if not 0 <= chunk_overlap < chunk_size:
-            raise ConfigError(f"chunk_overlap ({chunk_overlap}) must be >= 0 and below chunk_size ({chunk_size})")
+        check_chunk_overlap(chunk_size, chunk_overlap)
         self.tokenizer = tokenizer
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap
