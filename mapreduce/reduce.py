@@ -187,9 +187,6 @@ class ReduceState:
             sources.extend([i] * len(parts))
         return pieces, sources
 
-    def to_dicts(self) -> list[dict]:
-        return [lv.to_dict(self.count_tokens) for lv in self.levels]
-
 
 def _check_not_empty(level_name: str, summaries: Sequence[str]) -> None:
     """An empty summary would silently drop its part of the document: fail instead."""
