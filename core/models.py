@@ -17,10 +17,9 @@ from pathlib import Path
 
 from core.config import ModelConfig
 from core.embedded import EMBEDDED_HUB_IDS, EMBEDDED_PREFIX, resolve_embedded
-from core.errors import ModelError, first_line  # ModelError is also imported from here
+from core.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
-
 
 
 def resolve_model_path(base_model: str) -> tuple[str, str | None]:
