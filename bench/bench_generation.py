@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.config import ConfigError, load_config  # noqa: E402
-from core.data import DataError, load_rows  # noqa: E402
-from core.models import ModelError  # noqa: E402
+from core.config import load_config  # noqa: E402
+from core.data import load_rows  # noqa: E402
+from core.errors import UserError  # noqa: E402
 
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cnndm" / "test.jsonl")
 
@@ -32,7 +32,7 @@ def padding_share(lengths: list[int], batches: list[list[int]]) -> float:
     return 1 - sum(lengths) / total
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML config (model/data keys); flags below override it")
     parser.add_argument("--base-model", default="embedded:smollm2")
@@ -43,35 +43,69 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=1024, help="prompt budget = max_length - max_new_tokens")
     parser.add_argument("--repeats", type=int, default=1, help="rounds, alternating which side runs first")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (1 is best on a busy box)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def load(args: argparse.Namespace):
+    """(cfg, rows, tokenizer, model) for the flags; UserError if any cannot be loaded."""
+    from core.models import load_base_model, load_tokenizer
+
+    cfg = load_config(
+        args.config,
+        {
+            "base_model": args.base_model,
+            "dataset": args.dataset,
+            "max_new_tokens": args.max_new_tokens,
+            "max_length": args.max_length,
+            "generation_batch_size": args.batch_size,
+            "num_threads": args.num_threads,
+        },
+    )
+    rows = load_rows(cfg.data.dataset, f"{cfg.data.test_split}[:{args.num_articles}]", cfg.data.dataset_config)
+    tokenizer = load_tokenizer(cfg.model, padding_side="left")
+    return cfg, rows, tokenizer, load_base_model(cfg.model)
+
+
+def race(model, tokenizer, prompts: list, cfg, repeats: int) -> None:
+    """Time unsorted and sorted batches; prints each round and the throughput ratio.
+
+    Rounds alternate which strategy goes first, and the best time of each counts, so a
+    load change on a shared machine hurts both sides alike.
+    """
+    from core.generation import generate_summaries
+
+    bs = cfg.generation.generation_batch_size
+    best: dict[str, float] = {}
+    outputs = {}
+    for round_ in range(repeats):
+        order = (("unsorted", False), ("sorted", True))
+        for name, sort in order if round_ % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            outputs[name] = generate_summaries(model, tokenizer, prompts, cfg.generation, batch_size=bs, sort_by_length=sort)
+            seconds = time.perf_counter() - start
+            best[name] = min(seconds, best.get(name, float("inf")))
+            print(f"round {round_ + 1} {name:>9}: {seconds:7.1f} s  {len(prompts) / seconds:6.2f} articles/s")
+    speeds = {name: len(prompts) / seconds for name, seconds in best.items()}
+    same = sum(a == b for a, b in zip(outputs["unsorted"], outputs["sorted"]))
+    print(f"sorted / unsorted throughput: {speeds['sorted'] / speeds['unsorted']:.2f}x  "
+          f"({same}/{len(prompts)} outputs identical)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     import torch
 
     from core.generation import generate_summaries, length_sorted_batches
-    from core.models import load_base_model, load_tokenizer
     from core.prompt import build_prompt_ids
 
     try:
-        cfg = load_config(
-            args.config,
-            {
-                "base_model": args.base_model,
-                "dataset": args.dataset,
-                "max_new_tokens": args.max_new_tokens,
-                "max_length": args.max_length,
-                "generation_batch_size": args.batch_size,
-                "num_threads": args.num_threads,
-            },
-        )
-        rows = load_rows(cfg.data.dataset, f"{cfg.data.test_split}[:{args.num_articles}]", cfg.data.dataset_config)
-        tokenizer = load_tokenizer(cfg.model, padding_side="left")
-        model = load_base_model(cfg.model)
-    except (ConfigError, DataError, ModelError) as exc:
+        cfg, rows, tokenizer, model = load(args)
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
-    budget = cfg.data.max_length - cfg.generation.max_new_tokens
-    prompts = [build_prompt_ids(tokenizer, r[cfg.data.article_field], budget, cfg.data.prompt_template) for r in rows]
+    prompts = [build_prompt_ids(tokenizer, r[cfg.data.article_field], cfg.prompt_budget, cfg.data.prompt_template) for r in rows]
     lengths = [len(p) for p in prompts]
     bs = cfg.generation.generation_batch_size
     unsorted_batches = [list(range(i, min(i + bs, len(prompts)))) for i in range(0, len(prompts), bs)]
@@ -85,23 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         f"sorted {padding_share(lengths, length_sorted_batches(lengths, bs)):.1%}"
     )
     generate_summaries(model, tokenizer, prompts[:2], cfg.generation, batch_size=2)  # warm-up
-
-    # rounds alternate which strategy goes first, and the best time of each counts, so a
-    # load change on a shared machine hurts both sides alike
-    best: dict[str, float] = {}
-    outputs = {}
-    for round_ in range(args.repeats):
-        order = (("unsorted", False), ("sorted", True))
-        for name, sort in order if round_ % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            outputs[name] = generate_summaries(model, tokenizer, prompts, cfg.generation, batch_size=bs, sort_by_length=sort)
-            seconds = time.perf_counter() - start
-            best[name] = min(seconds, best.get(name, float("inf")))
-            print(f"round {round_ + 1} {name:>9}: {seconds:7.1f} s  {len(prompts) / seconds:6.2f} articles/s")
-    speeds = {name: len(prompts) / seconds for name, seconds in best.items()}
-    same = sum(a == b for a, b in zip(outputs["unsorted"], outputs["sorted"]))
-    print(f"sorted / unsorted throughput: {speeds['sorted'] / speeds['unsorted']:.2f}x  "
-          f"({same}/{len(prompts)} outputs identical)")
+    race(model, tokenizer, prompts, cfg, args.repeats)
     return 0
 
 

@@ -75,13 +75,12 @@ def main(argv=None) -> int:
 
     import torch
 
-    from core.config import ConfigError, load_config
-    from core.data import DataError
-    from core.models import ModelError
+    from core.config import load_config
+    from core.errors import UserError
 
     try:
         cfg = load_config(args.config)
-    except ConfigError as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     threads = args.num_threads or cfg.model.num_threads
@@ -101,7 +100,7 @@ def main(argv=None) -> int:
                       f"({result['seconds']:.1f} s, padding {result['padding']:.1%})", flush=True)
                 if name not in best or result["tokens_per_s"] > best[name]["tokens_per_s"]:
                     best[name] = result
-    except (ConfigError, DataError, ModelError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     ratio = best["project"]["tokens_per_s"] / best["plain"]["tokens_per_s"]

@@ -19,21 +19,12 @@ from typing import Any, Optional
 
 import yaml
 
+from core.errors import ConfigError, first_line  # ConfigError is also imported from here
+from core.prompt import DEFAULT_TEMPLATE
 
-class ConfigError(ValueError):
-    """A bad config value; its message is one line meant for the user."""
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-blank line of an exception's message, else its type name.
-
-    For one-line `error:` messages: some messages are empty (datasets raises a bare
-    StopIteration on an empty file) or start with a newline, and must not crash the report.
-    """
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
+# the systems evaluation.evaluate scores, in the order it generates them (the adapter last:
+# it is merged into the base model the systems before it use)
+EVAL_SYSTEMS = ("lead3", "base", "base_chat", "adapter")
 
 
 @dataclass
@@ -72,9 +63,7 @@ class DataConfig:
     summary_field: str = "highlights"
     id_field: str = "id"
     max_length: int = 2048  # prompt + summary + EOS, in tokens
-    prompt_template: str = (
-        "[INST] Summarize the following news article:\n\n{article}\n\nSummary: [/INST]"
-    )
+    prompt_template: str = DEFAULT_TEMPLATE
 
 
 @dataclass
@@ -121,7 +110,7 @@ class GenerationConfig:
 class EvaluationConfig:
     eval_output_dir: str = "outputs/eval"
     num_examples: Optional[int] = None
-    systems: list[str] = field(default_factory=lambda: ["lead3", "base", "adapter"])
+    systems: list[str] = field(default_factory=lambda: ["lead3", "base", "adapter"])  # of EVAL_SYSTEMS
     bertscore_model: str = "roberta-large"  # a hub id or a local encoder dir
     bertscore_num_layers: Optional[int] = 17
     bootstrap_samples: int = 1000
@@ -242,6 +231,20 @@ def _check_worker_resources(mr: MapReduceConfig, device: str) -> None:
         raise ConfigError(f"config key 'max_task_retries' must be >= 0, got {mr.max_task_retries}")
 
 
+def check_chunk_overlap(chunk_size: int, chunk_overlap: int) -> None:
+    """Chunks advance by chunk_size - chunk_overlap tokens: that must be positive."""
+    if not 0 <= chunk_overlap < chunk_size:
+        raise ConfigError(
+            f"config key 'chunk_overlap' must be >= 0 and below chunk_size ({chunk_size}), got {chunk_overlap}"
+        )
+
+
+# A floor under the prompt budget, checked at load where no tokenizer exists yet: a budget this
+# small holds no real prompt. It is not the template's size; core.prompt.check_template_fits
+# measures that once a command has its tokenizer.
+PROMPT_BUDGET_FLOOR = 16
+
+
 def _check_values(cfg: Config) -> None:
     """Cross-field checks that a type alone cannot express."""
     d, m, g, mr = cfg.data, cfg.model, cfg.generation, cfg.mapreduce
@@ -249,10 +252,10 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("config key 'prompt_template' must contain '{article}' exactly once")
     if mr.reduce_template is not None and mr.reduce_template.count("{article}") != 1:
         raise ConfigError("config key 'reduce_template' must contain '{article}' exactly once")
-    if d.max_length <= g.max_new_tokens + 16:
+    if cfg.prompt_budget <= PROMPT_BUDGET_FLOOR:
         raise ConfigError(
             f"config key 'max_length' ({d.max_length}) must exceed max_new_tokens "
-            f"({g.max_new_tokens}) by more than the prompt template"
+            f"({g.max_new_tokens}) by more than {PROMPT_BUDGET_FLOOR} tokens (the least room for a prompt)"
         )
     if m.quantization not in ("none", "4bit", "8bit"):
         raise ConfigError(f"config key 'quantization' must be none, 4bit or 8bit, got {m.quantization!r}")
@@ -278,19 +281,16 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'min_new_tokens' ({g.min_new_tokens}) must not exceed max_new_tokens ({g.max_new_tokens})"
         )
-    if not 0 <= mr.chunk_overlap < mr.chunk_size:
-        raise ConfigError(
-            f"config key 'chunk_overlap' must be >= 0 and below chunk_size ({mr.chunk_size}), got {mr.chunk_overlap}"
-        )
+    check_chunk_overlap(mr.chunk_size, mr.chunk_overlap)
     if mr.summary_words < 0:
         raise ConfigError(f"config key 'summary_words' must be >= 0 (0: one short summary), got {mr.summary_words}")
     if mr.num_workers is not None and mr.num_workers <= 0:
         raise ConfigError(f"config key 'num_workers' must be positive, got {mr.num_workers}")
     _check_worker_resources(mr, m.device)
     for name in cfg.evaluation.systems:
-        if name not in ("lead3", "base", "base_chat", "adapter"):
+        if name not in EVAL_SYSTEMS:
             raise ConfigError(
-                f"config key 'systems' has unknown system {name!r} (choose from lead3, base, base_chat, adapter)"
+                f"config key 'systems' has unknown system {name!r} (choose from {', '.join(EVAL_SYSTEMS)})"
             )
 
 

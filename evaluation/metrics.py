@@ -120,7 +120,7 @@ def resolve_bertscore_encoder(value: str, num_layers: Optional[int]) -> tuple[st
     depth is a config error, said before any generation is spent.
     """
     from core.config import ConfigError
-    from core.models import resolve_embedded
+    from core.embedded import resolve_embedded
 
     model_type = resolve_embedded(value)
     config_file = Path(model_type).expanduser() / "config.json"

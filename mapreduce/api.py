@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Optional, Union
+from typing import Iterable, Iterator, Mapping, Union
 
 from core.config import Config, load_config
 
@@ -70,7 +70,7 @@ class Summarizer:
         return summarize_texts(self.model, self.tokenizer, texts, template, self.cfg.prompt_budget, self.cfg.generation)
 
     def summarize(self, text: str) -> Summary:
-        from mapreduce.reduce import ReduceError, ReduceLevel, ReduceState
+        from mapreduce.reduce import ReduceError, ReduceLevel, reduce_summaries
 
         if not isinstance(text, str) or not text.strip():
             raise ValueError("document is empty")
@@ -85,10 +85,9 @@ class Summarizer:
                 raise ReduceError("the model returned an empty summary")
             return Summary(first.outputs[0], chunks, [first])
         count = lambda t: self.chunker.prompt_cost(t, self.reduce_template)  # noqa: E731 (the engine's unit)
-        state = ReduceState.start(first.outputs, count, cfg.mapreduce.chunk_size, cfg.mapreduce.max_reduce_depth,
-                                  split=self.chunker.split_text, target_words=cfg.mapreduce.summary_words)
-        while not state.done:
-            state.accept(self._generate(state.pending, self.reduce_template))
+        state = reduce_summaries(first.outputs, lambda texts: self._generate(texts, self.reduce_template), count,
+                                 cfg.mapreduce.chunk_size, cfg.mapreduce.max_reduce_depth,
+                                 split=self.chunker.split_text, target_words=cfg.mapreduce.summary_words)
         return Summary(state.summary, chunks, [first] + state.levels)
 
 

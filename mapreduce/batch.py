@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-from core.config import Config, ConfigError, add_config_flags, config_from_args
+from core.config import Config, add_config_flags, config_from_args
+from core.errors import UserError
 from mapreduce.corpus import (
     BadRow,
     CorpusError,
@@ -199,7 +200,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     from core.signals import sigterm_as_interrupt
 
     sigterm_as_interrupt()  # docker stop, timeouts: the same clean stop as Ctrl-C
-    from core.models import ModelError
     from mapreduce.pool import WorkerError
 
     input_path, output_path = Path(args.input), Path(args.output)
@@ -209,14 +209,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not input_path.exists():
             raise CorpusError(f"input not found: {input_path}")
         tally = run_batch(cfg, input_path, output_path, progress=not args.no_progress)
-    except (ConfigError, CorpusError, ModelError) as exc:
+    except (WorkerError, OSError) as exc:  # the pool died, or a full disk: the run stopped midway
+        _say(f"error: {exc}; finished documents are in {output_path}, rerun the same command to resume")
+        return 1
+    except UserError as exc:
         _say(f"error: {exc}")
-        return 1
-    except OSError as exc:  # e.g. a full disk: still one line, never a traceback
-        _say(f"error: {exc}; finished documents are in {output_path}, rerun the same command to resume")
-        return 1
-    except WorkerError as exc:
-        _say(f"error: {exc}; finished documents are in {output_path}, rerun the same command to resume")
         return 1
     except KeyboardInterrupt:
         _say(f"interrupted: finished documents are in {output_path}; rerun the same command to resume")

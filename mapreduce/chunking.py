@@ -29,8 +29,8 @@ from typing import Sequence
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from core.config import Config, ConfigError
-from core.prompt import build_prompt_ids, template_token_count
+from core.config import Config, check_chunk_overlap
+from core.prompt import build_prompt_ids, check_template_fits, template_token_count
 
 # paragraphs, lines, sentences, clauses, words, characters
 SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ", ""]
@@ -53,11 +53,6 @@ class Chunk:
         return d
 
 
-def prompt_budget(cfg: Config) -> int:
-    """Prompt tokens the adapter saw in training: max_length - max_new_tokens."""
-    return cfg.data.max_length - cfg.generation.max_new_tokens
-
-
 def reduce_template(cfg: Config) -> str:
     """The prompt for summarizing summaries; by default the training template itself."""
     return cfg.mapreduce.reduce_template or cfg.data.prompt_template
@@ -65,16 +60,9 @@ def reduce_template(cfg: Config) -> str:
 
 def check_chunk_budget(tokenizer, cfg: Config) -> None:
     """ConfigError unless a full chunk plus either template fits the prompt budget."""
-    budget = prompt_budget(cfg)
     size = cfg.mapreduce.chunk_size
     for name, template in (("prompt_template", cfg.data.prompt_template), ("reduce_template", reduce_template(cfg))):
-        cost = template_token_count(tokenizer, template)
-        if size + cost > budget:
-            raise ConfigError(
-                f"chunk_size ({size}) + {name} ({cost} tokens) must be <= max_length - max_new_tokens "
-                f"({cfg.data.max_length} - {cfg.generation.max_new_tokens} = {budget}); "
-                f"use --chunk-size {max(1, budget - cost)} or less"
-            )
+        check_template_fits(tokenizer, template, cfg.prompt_budget, f"{name}: chunk_size ({size})", room=size)
 
 
 class Chunker:
@@ -87,8 +75,7 @@ class Chunker:
         chunk_overlap: int,
         templates: Sequence[str],
     ):
-        if not 0 <= chunk_overlap < chunk_size:
-            raise ConfigError(f"chunk_overlap ({chunk_overlap}) must be >= 0 and below chunk_size ({chunk_size})")
+        check_chunk_overlap(chunk_size, chunk_overlap)
         self.tokenizer = tokenizer
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap

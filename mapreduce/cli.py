@@ -19,7 +19,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.config import ConfigError, add_config_flags, config_from_args
+from core.config import add_config_flags, config_from_args
+from core.errors import UserError
 
 CONFIG_SECTIONS = ("model", "data", "generation", "mapreduce", "batch")
 EXAMPLES = """\
@@ -32,7 +33,7 @@ examples:
 """
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input file the CLI refuses; one line for the user."""
 
 
@@ -176,14 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     args = build_parser().parse_args(argv)
-    from core.models import ModelError
     from core.signals import sigterm_as_interrupt
-    from mapreduce.pool import WorkerError
 
     sigterm_as_interrupt()  # docker stop / timeout: the same clean exit as Ctrl-C
     try:
         return summarize(args)
-    except (ConfigError, InputError, ModelError, WorkerError) as exc:
+    except UserError as exc:
         _say(f"error: {exc}")
         return 2 if isinstance(exc, InputError) else 1
     except KeyboardInterrupt:

@@ -151,6 +151,19 @@ class _Call:
     items: list[_Item]
 
 
+@dataclass(eq=False)
+class _RunState:
+    """One `run`'s scheduling state: documents open, texts queued, calls in flight, load per worker."""
+
+    source: Iterator[tuple[str, str]]
+    load: list[int]
+    exhausted: bool = False
+    seq: Iterator[int] = field(default_factory=itertools.count)
+    active: dict[int, _Doc] = field(default_factory=dict)
+    queue: list[_Item] = field(default_factory=list)
+    inflight: dict[ray.ObjectRef, _Call] = field(default_factory=dict)
+
+
 class MapReduceEngine:
     """Chunk, map, collapse, reduce - for a stream of documents, on a WorkerPool."""
 
@@ -186,64 +199,68 @@ class MapReduceEngine:
 
     def run(self, docs: Iterable[tuple[str, str]]) -> Iterator[DocumentResult]:
         """Results for every (doc_id, text), in completion order; failures are error results."""
-        source = iter(docs)
-        exhausted = False
-        seq = itertools.count()
-        active: dict[int, _Doc] = {}
-        queue: list[_Item] = []
-        inflight: dict[ray.ObjectRef, _Call] = {}
-        load = [0] * len(self.pool)
+        run = _RunState(iter(docs), [0] * len(self.pool))
         try:
             while True:
-                while not exhausted and len(active) < self.max_docs_in_flight:
-                    try:
-                        doc_id, text = next(source)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    doc = _Doc(next(seq), str(doc_id), text)
-                    try:
-                        queue.extend(self._open(doc))
-                    except (ValueError, ReduceError) as exc:
-                        yield self._close(doc, error=str(exc))
-                        continue
-                    active[doc.seq] = doc
-                self._dispatch(queue, inflight, load)
-                if not inflight:
-                    if queue:
+                yield from self._admit(run)
+                self._dispatch(run.queue, run.inflight, run.load)
+                if not run.inflight:
+                    if run.queue:
                         raise WorkerError("every worker has died; cannot go on")
-                    if exhausted and not active:
+                    if run.exhausted and not run.active:
                         return
                     continue
-                ready, _ = ray.wait(list(inflight), num_returns=1)
+                ready, _ = ray.wait(list(run.inflight), num_returns=1)
                 for ref in ready:
-                    call = inflight.pop(ref)
-                    load[call.worker] -= 1
-                    try:
-                        outputs = ray.get(ref)
-                    except Exception as exc:  # retries exhausted (RayTaskError, RayActorError, ...)
-                        for result in self._call_failed(call, exc, queue):
-                            active.pop(result[0].seq, None)
-                            yield result[1]
-                        continue
-                    for doc in self._store(call, outputs):
-                        try:
-                            queue.extend(self._next_level(doc))
-                        except (ReduceError, _EmptySummary) as exc:
-                            doc.closed = True
-                            error = f"reduce failed: {exc}" if isinstance(exc, ReduceError) else str(exc)
-                        else:
-                            if not doc.closed:
-                                continue
-                            error = None
-                        active.pop(doc.seq, None)
-                        yield self._close(doc, error=error)
+                    yield from self._collect(run, ref)
         finally:
-            for ref in inflight:
+            for ref in run.inflight:
                 try:
                     ray.cancel(ref)
                 except Exception:
                     pass
+
+    def _admit(self, run: _RunState) -> Iterator[DocumentResult]:
+        """Open documents from the source up to max_docs_in_flight; yields those that fail to open."""
+        while not run.exhausted and len(run.active) < self.max_docs_in_flight:
+            try:
+                doc_id, text = next(run.source)
+            except StopIteration:
+                run.exhausted = True
+                return
+            doc = _Doc(next(run.seq), str(doc_id), text)
+            try:
+                run.queue.extend(self._open(doc))
+            except (ValueError, ReduceError) as exc:
+                yield self._close(doc, error=str(exc))
+                continue
+            run.active[doc.seq] = doc
+
+    def _collect(self, run: _RunState, ref: "ray.ObjectRef") -> Iterator[DocumentResult]:
+        """Take in one finished call; yields the documents it finished (or failed)."""
+        call = run.inflight.pop(ref)
+        run.load[call.worker] -= 1
+        try:
+            outputs = ray.get(ref)
+        except Exception as exc:  # retries exhausted (RayTaskError, RayActorError, ...)
+            for doc, result in self._call_failed(call, exc, run.queue):
+                run.active.pop(doc.seq, None)
+                yield result
+            return
+        for doc in self._store(call, outputs):
+            result = self._advance(doc, run.queue)
+            if result is not None:
+                run.active.pop(doc.seq, None)
+                yield result
+
+    def _advance(self, doc: _Doc, queue: list[_Item]) -> Optional[DocumentResult]:
+        """A document's level is complete: queue its next level, or return its result if it is done."""
+        try:
+            queue.extend(self._next_level(doc))
+        except (ReduceError, _EmptySummary) as exc:
+            doc.closed = True
+            return self._close(doc, error=f"reduce failed: {exc}" if isinstance(exc, ReduceError) else str(exc))
+        return self._close(doc) if doc.closed else None
 
     # --- one document's levels ---------------------------------------------------------
 
@@ -404,15 +421,15 @@ def open_engine(cfg: Config, on_progress: Optional[Callable[[Progress], None]] =
     Everything that can be checked without Ray (model files, adapter dir, chunk budget)
     is checked first, so a bad input fails in a second rather than after Ray starts.
     """
-    from core.models import check_adapter_fits, load_tokenizer
-    from mapreduce.pool import check_adapter, init_ray
+    from core.models import check_adapter_dir, check_adapter_fits, load_tokenizer
+    from mapreduce.pool import init_ray
 
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     started = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
     Chunker.from_config(tokenizer, cfg)
-    check_adapter(cfg)
     if cfg.model.adapter:
+        check_adapter_dir(cfg.model.adapter)
         check_adapter_fits(cfg.model)  # before Ray: a mismatch is one line, not worker tracebacks
     started_ray = init_ray(cfg)
     pool = None

@@ -29,18 +29,19 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from pathlib import Path
 from typing import Optional
 
 import ray
 
 from core.config import Config
+from core.models import check_adapter_dir
+from core.errors import UserError
 from core.signals import keep_sigterm_handler
 
 FAULT_ENV = "MAPREDUCE_TEST_FAULT"  # test hook, see _injected_fault
 
 
-class WorkerError(RuntimeError):
+class WorkerError(UserError, RuntimeError):
     """The worker pool cannot do its job (no actor could start, all died); one line."""
 
 
@@ -117,16 +118,6 @@ class SummarizerWorker:
         return [("" if i in blank else s) for i, s in enumerate(summaries)]
 
 
-def check_adapter(cfg: Config) -> None:
-    """Fail fast, in the driver, on an adapter dir the actors could not load."""
-    if cfg.model.adapter and not (Path(cfg.model.adapter).expanduser() / "adapter_config.json").exists():
-        hint = ""
-        if os.environ.get("RAY_JOB_ID") and not Path(cfg.model.adapter).is_absolute():
-            hint = (" (under `ray job submit --working-dir`, git-ignored dirs such as outputs/ are not uploaded: "
-                    "keep the adapter under adapters/ or pass an absolute path on shared storage)")
-        raise WorkerError(f"adapter dir not found or has no adapter_config.json: {cfg.model.adapter}{hint}")
-
-
 def worker_resources(cfg: Config, cluster: dict) -> tuple[int, float, float]:
     """(num_workers, gpus per worker, cpus per worker) for a cluster's resources dict."""
     mr = cfg.mapreduce
@@ -158,7 +149,8 @@ class WorkerPool:
                     f"{workers} workers x {need:g} {name} need {need * workers:g} {name}s, "
                     f"the Ray cluster has {have:g} (lower num_workers or num_{name.lower()}s_per_worker)"
                 )
-        check_adapter(cfg)
+        if cfg.model.adapter:  # fail in the driver, not in every actor
+            check_adapter_dir(cfg.model.adapter)
         # resources other jobs/actors hold now: the actors wait for them (say so, don't hang silently)
         free = ray.available_resources()
         self.waiting_note: Optional[str] = None

@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
+from core.errors import UserError
+
 JOINER = "\n\n"  # partial summaries are joined as paragraphs, in document order
 
 CountTokens = Callable[[str], int]
@@ -35,7 +37,7 @@ Summarize = Callable[[list[str]], list[str]]
 Split = Callable[[str], list[str]]
 
 
-class ReduceError(RuntimeError):
+class ReduceError(UserError, RuntimeError):
     """Reduce cannot finish (no shrinking, too deep, an over-long summary, an empty input); one line."""
 
 
@@ -184,9 +186,6 @@ class ReduceState:
             pieces.extend(parts)
             sources.extend([i] * len(parts))
         return pieces, sources
-
-    def to_dicts(self) -> list[dict]:
-        return [lv.to_dict(self.count_tokens) for lv in self.levels]
 
 
 def _check_not_empty(level_name: str, summaries: Sequence[str]) -> None:

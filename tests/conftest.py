@@ -62,7 +62,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The real SmolLM2-135M-Instruct, converted by `python -m core.models fetch` (CI runs it)."""
-    from core.models import embedded_model_dir as locate
+    from core.embedded import embedded_model_dir as locate
 
     path = locate("smollm2")
     if not (path / "fetch_ok.json").exists():

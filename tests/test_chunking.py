@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from core.config import ConfigError, load_config
 from core.prompt import DEFAULT_TEMPLATE, build_prompt_ids, template_token_count
-from mapreduce.chunking import Chunker, check_chunk_budget, prompt_budget, reduce_template
+from mapreduce.chunking import Chunker, check_chunk_budget, reduce_template
 
 from conftest import LONGDOCS
 
@@ -31,7 +31,7 @@ def long_text() -> str:
 
 def assert_valid_chunks(tokenizer, text, chunks, cfg):
     """Every property the map step relies on."""
-    budget = prompt_budget(cfg)
+    budget = cfg.prompt_budget
     assert chunks, "no chunks"
     for i, c in enumerate(chunks):
         assert c.index == i
@@ -150,7 +150,7 @@ def test_property_any_text(qwen_tokenizer, text, size, overlap_frac):
 def test_a_document_whose_prompt_fits_is_one_whole_chunk(qwen_tokenizer):
     cfg = load_config(None, {"max_length": 512, "max_new_tokens": 80, "chunk_size": 200, "chunk_overlap": 20})
     chunker = Chunker.from_config(qwen_tokenizer, cfg)
-    budget = prompt_budget(cfg)
+    budget = cfg.prompt_budget
     words = "The council met again on Monday to discuss the budget. " * 60
     text = "  " + " ".join(words.split()[: 300]) + "\n"
     prompt = build_prompt_ids(qwen_tokenizer, text, 10**9, DEFAULT_TEMPLATE)

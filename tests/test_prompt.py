@@ -11,12 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.errors import ConfigError
 from core.prompt import (
     DEFAULT_TEMPLATE,
     IGNORE_INDEX,
     build_prompt_ids,
     build_training_example,
     chat_template,
+    check_template_fits,
     defuse,
     template_token_count,
 )
@@ -143,6 +145,16 @@ def test_budget_smaller_than_template_is_an_error(qwen_tokenizer):
         build_prompt_ids(tok, article, n - 1)
     with pytest.raises(ValueError, match="no room for a summary"):
         build_training_example(tok, article, "A summary.", n + 1)
+
+
+def test_template_fits_with_room_to_spare(qwen_tokenizer):
+    n = template_token_count(qwen_tokenizer)
+    assert check_template_fits(qwen_tokenizer, DEFAULT_TEMPLATE, n + 1, "an article") == n
+    assert check_template_fits(qwen_tokenizer, DEFAULT_TEMPLATE, n + 5, "a chunk", room=5) == n
+    with pytest.raises(ConfigError, match=f"an article does not fit .* \\({n} tokens\\) .*at most 0 tokens do"):
+        check_template_fits(qwen_tokenizer, DEFAULT_TEMPLATE, n, "an article")
+    with pytest.raises(ConfigError, match="at most 4 tokens do"):
+        check_template_fits(qwen_tokenizer, DEFAULT_TEMPLATE, n + 4, "a chunk", room=5)
 
 
 def test_untruncated_example_is_template_article_summary_eos(qwen_tokenizer):

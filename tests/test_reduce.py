@@ -151,7 +151,7 @@ def test_state_is_driven_level_by_level():
     assert state.level.name == "final" and len(state.pending) == 1
     state.accept(["the summary"])
     assert state.done and state.summary == "the summary" and state.pending == []
-    tree = state.to_dicts()
+    tree = [lv.to_dict(words) for lv in state.levels]
     assert [lv["name"] for lv in tree] == ["collapse-1", "final"]
     assert tree[0]["inputs"][0]["sources"] == [0, 1, 2, 3, 4] and tree[0]["inputs"][0]["tokens"] == 50
     with pytest.raises(ReduceError, match="already finished"):

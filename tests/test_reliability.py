@@ -23,8 +23,9 @@ import torch
 from conftest import CNNDM_TEST, REPO
 from test_train import run_args
 
-from core.config import ConfigError, first_line, load_config
+from core.config import ConfigError, load_config
 from core.data import DataError, load_rows
+from core.errors import first_line
 from core.signals import keep_sigterm_handler, sigterm_as_interrupt
 
 

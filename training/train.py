@@ -33,10 +33,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from core.config import Config, ConfigError, TrainingConfig, add_config_flags, config_from_args, first_line, save_config
+from core.config import Config, ConfigError, TrainingConfig, add_config_flags, config_from_args, save_config
 from core.data import DataError, drop_empty, load_rows
-from core.models import ModelError, load_base_model, load_tokenizer, name_adapter_base, resolve_device
-from core.prompt import build_training_example, template_token_count
+from core.errors import UserError, first_line
+from core.models import load_base_model, load_tokenizer, name_adapter_base, resolve_device
+from core.prompt import build_training_example, check_template_fits
 from core.signals import sigterm_as_interrupt
 
 log = logging.getLogger("training.train")
@@ -49,7 +50,7 @@ _CPU_FALLBACK_OPTIM = "adamw_torch"
 _LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup", "reduce_lr_on_plateau")
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
     """A problem with the run itself (output dir, resume); one line for the user."""
 
 
@@ -391,9 +392,8 @@ def build_rouge_probe(cfg: Config, tokenizer):
 def prepare_data(cfg: Config, args, tokenizer):
     """(train, eval or None, ROUGE probe or None); rank 0 tokenizes first, the others read its cache."""
     d = cfg.data
-    budget = template_token_count(tokenizer, d.prompt_template) + 2  # + one summary token + EOS
-    if d.max_length < budget:
-        raise ConfigError(f"config key 'max_length' ({d.max_length}) is below the prompt template ({budget} tokens)")
+    check_template_fits(tokenizer, d.prompt_template, d.max_length, "config key 'max_length': a summary token and EOS",
+                        room=2, budget_name="max_length")
     with args.main_process_first(desc="load and tokenize data"):
         train_data = load_split(cfg, d.dataset, d.train_split, tokenizer, "train")
         if not d.eval_split:
@@ -413,12 +413,61 @@ def prepare_lora_model(cfg: Config, device):
     return build_lora_model(model, cfg)
 
 
-def train(cfg: Config) -> int:
-    from transformers import EarlyStoppingCallback, set_seed
+def build_trainer(cfg: Config, args, model, tokenizer, data, resume_from: str | None, title: str):
+    """The SummaryTrainer and its callbacks: log files, early stopping, the resume-plan check."""
+    from transformers import EarlyStoppingCallback
 
     from core.collator import SummaryCollator
-    from core.models import resolve_dtype
     from training.trainer import SummaryTrainer
+
+    t = cfg.training
+    train_data, eval_data, probe = data
+    callbacks = [_log_files_callback(Path(t.output_dir), title)]
+    if t.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+    if resume_from:
+        callbacks.append(_resume_plan_callback(Path(resume_from), t))
+    return SummaryTrainer(
+        rouge_probe=probe,
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        data_collator=SummaryCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+
+
+def save_outputs(trainer, model, tokenizer, cfg: Config, title: str) -> None:
+    """After training, on rank 0: the adapter, tokenizer, config.yaml and the final log and plot."""
+    output_dir = Path(cfg.training.output_dir)
+    args = trainer.args
+    model.save_pretrained(str(output_dir), safe_serialization=True)
+    name_adapter_base(output_dir, cfg.model.base_model)
+    tokenizer.save_pretrained(str(output_dir))
+    save_config(cfg, output_dir / CONFIG_FILE)
+    state = trainer.state
+    end = {"step": state.global_step, "finished": True}  # a later --resume reads it (finished_step)
+    if state.best_model_checkpoint:
+        end.update({"best_checkpoint": Path(state.best_model_checkpoint).name,
+                    "best_metric": args.metric_for_best_model, "best_value": state.best_metric})
+    history = [*state.log_history, end]
+    write_log_files(history, output_dir, title)
+    evals = [e["eval_loss"] for e in state.log_history if "eval_loss" in e]
+    log.info(
+        "done: %d steps, adapter + tokenizer + %s + %s + %s saved in %s%s%s",
+        state.global_step, CONFIG_FILE, TRAIN_LOG, LOSS_PLOT, output_dir,
+        f" (last validation loss {evals[-1]:.4f})" if evals else "",
+        f"; kept {Path(state.best_model_checkpoint).name} ({args.metric_for_best_model} {state.best_metric:.4f})"
+        if state.best_model_checkpoint else "",
+    )
+
+
+def train(cfg: Config) -> int:
+    from transformers import set_seed
+
+    from core.models import resolve_dtype
 
     t = cfg.training
     output_dir = Path(t.output_dir)
@@ -433,57 +482,25 @@ def train(cfg: Config) -> int:
     args = training_arguments(cfg, on_cuda, resolve_dtype(cfg.model.dtype, device), has_eval)
     set_seed(t.seed)
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
-    train_data, eval_data, probe = prepare_data(cfg, args, tokenizer)
+    data = prepare_data(cfg, args, tokenizer)
     # Each rank loads onto its own device (args.device is cuda:LOCAL_RANK under torchrun).
     model = prepare_lora_model(cfg, args.device if on_cuda else device)
     if args.process_index == 0:
         model.print_trainable_parameters()
 
-    callbacks = [_log_files_callback(output_dir, f"LoRA fine-tuning of {cfg.model.base_model}")]
-    if t.early_stopping_patience is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    if resume_from:
-        callbacks.append(_resume_plan_callback(Path(resume_from), t))
-    trainer = SummaryTrainer(
-        rouge_probe=probe,
-        model=model,
-        args=args,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        data_collator=SummaryCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
+    title = f"LoRA fine-tuning of {cfg.model.base_model}"
+    trainer = build_trainer(cfg, args, model, tokenizer, data, resume_from, title)
     if resume_from:
         log.info("resuming from %s", resume_from)
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     except KeyboardInterrupt:
         if trainer.is_world_process_zero():
-            write_log_files(trainer.state.log_history, output_dir, f"LoRA fine-tuning of {cfg.model.base_model}")
+            write_log_files(trainer.state.log_history, output_dir, title)
             print(f"interrupted: logs in {output_dir}; continue from the last checkpoint with --resume", file=sys.stderr)
         return 130
-
     if trainer.is_world_process_zero():
-        model.save_pretrained(str(output_dir), safe_serialization=True)
-        name_adapter_base(output_dir, cfg.model.base_model)
-        tokenizer.save_pretrained(str(output_dir))
-        save_config(cfg, output_dir / CONFIG_FILE)
-        state = trainer.state
-        end = {"step": state.global_step, "finished": True}  # a later --resume reads it (finished_step)
-        if state.best_model_checkpoint:
-            end.update({"best_checkpoint": Path(state.best_model_checkpoint).name,
-                        "best_metric": args.metric_for_best_model, "best_value": state.best_metric})
-        history = [*state.log_history, end]
-        write_log_files(history, output_dir, f"LoRA fine-tuning of {cfg.model.base_model}")
-        evals = [e["eval_loss"] for e in state.log_history if "eval_loss" in e]
-        log.info(
-            "done: %d steps, adapter + tokenizer + %s + %s + %s saved in %s%s%s",
-            state.global_step, CONFIG_FILE, TRAIN_LOG, LOSS_PLOT, output_dir,
-            f" (last validation loss {evals[-1]:.4f})" if evals else "",
-            f"; kept {Path(state.best_model_checkpoint).name} ({args.metric_for_best_model} {state.best_metric:.4f})"
-            if state.best_model_checkpoint else "",
-        )
+        save_outputs(trainer, model, tokenizer, cfg, title)
     return 0
 
 
@@ -517,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         return train(cfg)
-    except (ConfigError, DataError, ModelError, TrainError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except RunFinished as done:
