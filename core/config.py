@@ -130,6 +130,12 @@ class MapReduceConfig:
     num_cpus_per_worker: float = 1.0
     ray_address: Optional[str] = None  # None: $RAY_ADDRESS, else a local cluster
     max_task_retries: int = 2
+    # a hung worker must end in an error, not a wait forever (0: no limit)
+    call_timeout_s: float = 1800.0  # one batch of summaries
+    start_timeout_s: float = 900.0  # a worker loading its model
+    # refuse documents above this many tokens unless asked (0: no limit); a 1.3M-token text
+    # is ~3,800 chunks, hours on a CPU
+    max_document_tokens: int = 500_000
 
 
 @dataclass
@@ -282,6 +288,9 @@ def _check_values(cfg: Config) -> None:
             f"config key 'min_new_tokens' ({g.min_new_tokens}) must not exceed max_new_tokens ({g.max_new_tokens})"
         )
     check_chunk_overlap(mr.chunk_size, mr.chunk_overlap)
+    for key in ("call_timeout_s", "start_timeout_s", "max_document_tokens"):
+        if getattr(mr, key) < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0 (0: no limit), got {getattr(mr, key)}")
     if mr.summary_words < 0:
         raise ConfigError(f"config key 'summary_words' must be >= 0 (0: one short summary), got {mr.summary_words}")
     if mr.num_workers is not None and mr.num_workers <= 0:

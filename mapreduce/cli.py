@@ -105,6 +105,7 @@ class _ProgressBar:
             self.bar = tqdm(total=0, desc="chunks", unit="chunk", file=sys.stderr, disable=not self.enabled,
                             dynamic_ncols=True, mininterval=0.5)
         if event.kind == "document":
+            self.bar.write(f"{event.doc_id}: {event.total} chunk(s) to summarize", file=sys.stderr)
             self.bar.total += event.total
             if event.total == 1:
                 self.single_chunk.add(event.doc_id)
@@ -119,6 +120,22 @@ class _ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def check_input_sizes(cfg, texts: dict[str, str]) -> None:
+    """Refuse an oversized input before Ray or a model starts (hours of work are asked for)."""
+    from core.models import load_tokenizer
+    from mapreduce.engine import check_document_size
+
+    if not cfg.mapreduce.max_document_tokens:
+        return
+    tokenizer = load_tokenizer(cfg.model)
+    for name, text in texts.items():
+        tokens = len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        try:
+            check_document_size(tokens, cfg)
+        except ValueError as exc:
+            raise InputError(f"{'<stdin>' if name == '-' else name}: {exc}") from None
 
 
 @contextmanager
@@ -146,6 +163,7 @@ def summarize(args: argparse.Namespace) -> int:
     if args.inputs.count("-") > 1:
         raise InputError("'-' (stdin) can be given only once")
     texts = {name: read_input(name) for name in dict.fromkeys(args.inputs)}
+    check_input_sizes(cfg, texts)
 
     from mapreduce.engine import open_engine
 

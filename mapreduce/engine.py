@@ -210,7 +210,11 @@ class MapReduceEngine:
                     if run.exhausted and not run.active:
                         return
                     continue
-                ready, _ = ray.wait(list(run.inflight), num_returns=1)
+                timeout = self.cfg.mapreduce.call_timeout_s
+                ready, _ = ray.wait(list(run.inflight), num_returns=1, timeout=timeout or None)
+                if not ready:
+                    raise WorkerError(f"no worker answered within {timeout:g}s (call_timeout_s): a hung worker? "
+                                      "raise --call-timeout-s for a slow model")
                 for ref in ready:
                     yield from self._collect(run, ref)
         finally:
@@ -268,6 +272,7 @@ class MapReduceEngine:
         """Chunk a new document and queue its first level."""
         if not isinstance(doc.text, str) or not doc.text.strip():
             raise ValueError("document is empty")
+        check_document_size(self.chunker.count_tokens(doc.text), self.cfg)
         t0 = time.perf_counter()
         whole = self.chunker.whole(doc.text, self.doc_template, self.cfg.prompt_budget)
         doc.chunks = [whole] if whole is not None else self.chunker.split(doc.text)
@@ -414,6 +419,14 @@ class MapReduceEngine:
             load[worker] += 1
 
 
+def check_document_size(tokens: int, cfg: Config) -> None:
+    """ValueError above max_document_tokens: hours of work should be asked for, not stumbled into."""
+    limit = cfg.mapreduce.max_document_tokens
+    if limit and tokens > limit:
+        raise ValueError(f"document has {tokens:,} tokens, above max_document_tokens ({limit:,}): "
+                         "pass --max-document-tokens 0 (or a larger limit) to summarize it anyway")
+
+
 @contextmanager
 def open_engine(cfg: Config, on_progress: Optional[Callable[[Progress], None]] = None, say=None):
     """A ready engine on a fresh worker pool; the pool (and Ray, if started here) closed on exit.
@@ -438,7 +451,7 @@ def open_engine(cfg: Config, on_progress: Optional[Callable[[Progress], None]] =
         say(f"loading the model on {len(pool)} Ray worker(s) ...")
         if pool.waiting_note:
             say(pool.waiting_note)
-        infos = pool.wait_ready()
+        infos = pool.wait_ready(timeout=cfg.mapreduce.start_timeout_s or None)
         say("workers ready: " + ", ".join(f"{i['device']} ({i['threads']} threads)" for i in infos)
             + f" [{time.perf_counter() - started:.1f}s]")
         yield MapReduceEngine(cfg, pool, tokenizer=tokenizer, on_progress=on_progress)

@@ -154,3 +154,8 @@ def test_json_stdout_stays_json_after_an_actor_crash(tmp_path, tiny_model_dir):
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     out = json.loads(proc.stdout)  # nothing but the JSON on stdout
     assert out["error"] is None
+
+
+def test_oversized_input_is_refused_before_ray(good_file, tiny_model_dir):
+    proc = run_cli([good_file, "--base-model", tiny_model_dir, "--max-document-tokens", "3"])
+    assert_one_error_line(proc, str(good_file), "above max_document_tokens (3)", "--max-document-tokens 0")
