@@ -1,6 +1,6 @@
 """Benchmark: the batch job's throughput against one-document-at-a-time, and 1 vs 2 actors.
 
-    python bench/bench_batch.py --adapter adapters/smollm2-cnndm [--num-docs 12] [--config configs/smollm2_cpu.yaml] [config flags]
+    python -m bench.bench_batch --adapter adapters/smollm2-cnndm [--num-docs 12] [--config configs/smollm2_cpu.yaml] [config flags]
 
 All three runs summarize the same documents with the same model in one process, timed
 after the workers have loaded their models:
@@ -21,10 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.config import add_config_flags, config_from_args  # noqa: E402
-from mapreduce.engine import open_engine  # noqa: E402
+from core.config import add_config_flags, config_from_args
+from mapreduce.engine import open_engine
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "cnndm" / "test.jsonl"
 

@@ -5,8 +5,8 @@ difference is whether batches are formed from prompts sorted by length (little l
 padding) or in dataset order (each batch padded to its longest prompt). Prints articles/s
 of both and their ratio. Not a test: the figure depends on the machine.
 
-    python bench/bench_generation.py                       # embedded:smollm2 on CPU
-    python bench/bench_generation.py --base-model Qwen/Qwen2.5-3B-Instruct --max-length 2048 \
+    python -m bench.bench_generation                       # embedded:smollm2 on CPU
+    python -m bench.bench_generation --base-model Qwen/Qwen2.5-3B-Instruct --max-length 2048 \
         --max-new-tokens 100 --num-articles 256 --batch-size 16      # on a GPU
 """
 
@@ -17,11 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.config import load_config  # noqa: E402
-from core.data import load_rows  # noqa: E402
-from core.errors import UserError  # noqa: E402
+from core.config import load_config
+from core.data import load_rows
+from core.errors import UserError
 
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cnndm" / "test.jsonl")
 
