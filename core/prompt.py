@@ -10,6 +10,7 @@ as they were tokenized in full context (no decode and re-tokenize round trip).
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 
 from core.errors import ConfigError
@@ -42,6 +43,20 @@ WORD_JOINER = "\u2060"  # invisible; breaks a control string into plain-text tok
 _BRACKET_MARKER = re.compile(r"\[/?[A-Za-z_]+\]")
 
 
+_MARKER_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _markers(tokenizer, template: str) -> tuple[str, ...]:
+    """Special tokens + the template's [MARKERS], longest first; cached: defuse runs per chunk probe."""
+    per_template = _MARKER_CACHE.setdefault(tokenizer, {})
+    if template not in per_template:
+        markers = set(getattr(tokenizer, "all_special_tokens", []) or [])
+        markers.update(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special)
+        markers.update(_BRACKET_MARKER.findall(template))
+        per_template[template] = tuple(sorted((m for m in markers if len(m) > 1), key=len, reverse=True))
+    return per_template[template]
+
+
 def defuse(text: str, tokenizer, template: str) -> str:
     """Text from a document, unable to pose as a control token or as the template's markers.
 
@@ -49,10 +64,7 @@ def defuse(text: str, tokenizer, template: str) -> str:
     model cannot tell a document's "[/INST]" from the template's. Each occurrence in the
     text gets a word joiner after its first character, so it is tokenized as plain text.
     """
-    markers = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    markers.update(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special)
-    markers.update(_BRACKET_MARKER.findall(template))
-    for marker in sorted((m for m in markers if len(m) > 1), key=len, reverse=True):
+    for marker in _markers(tokenizer, template):
         if marker in text:
             text = text.replace(marker, marker[0] + WORD_JOINER + marker[1:])
     return text
