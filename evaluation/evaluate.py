@@ -38,7 +38,7 @@ from typing import Optional
 
 from core.config import EVAL_SYSTEMS, Config, ConfigError, add_config_flags, config_from_args
 from core.data import DataError, load_rows
-from core.errors import ModelError, UserError, first_line, typed_line
+from core.errors import ModelError, UserError, first_line
 from core.signals import sigterm_as_interrupt
 
 log = logging.getLogger("evaluate")
@@ -213,22 +213,9 @@ def run_lead3(todo: list[Example], out: GenerationsLog) -> None:
     out.flush()
 
 
-def _generate_or_split(model, tokenizer, prompts, gen) -> list[tuple[Optional[str], Optional[str]]]:
-    """(text, None) per prompt; a failing batch is retried one prompt at a time."""
-    from core import generation
-
-    try:
-        return [(t, None) for t in generation.generate_batch(model, tokenizer, prompts, gen)]
-    except Exception as exc:  # e.g. out of memory on a long batch: keep going, record it
-        if len(prompts) == 1:
-            return [(None, f"generation failed: {typed_line(exc)}")]
-        log.warning("a batch of %d failed (%s); retrying its prompts one by one", len(prompts), type(exc).__name__)
-        return [_generate_or_split(model, tokenizer, [p], gen)[0] for p in prompts]
-
-
 def run_model_system(system: str, model, tokenizer, template: str, todo: list[Example], cfg: Config, out: GenerationsLog) -> None:
     """Generate for every example in `todo`, batch by batch, logging each finished batch."""
-    from core.generation import length_sorted_batches
+    from core.generation import generate_isolated
     from core.prompt import build_prompt_ids
 
     examples, prompts = [], []
@@ -242,13 +229,14 @@ def run_model_system(system: str, model, tokenizer, template: str, todo: list[Ex
                 out.add(system, ex, error=str(exc))
                 bar.update(1)
         out.flush()
-        batches = length_sorted_batches([len(p) for p in prompts], cfg.generation.generation_batch_size)
-        for batch in batches:
-            results = _generate_or_split(model, tokenizer, [prompts[i] for i in batch], cfg.generation)
-            for i, (text, error) in zip(batch, results):
+
+        def batch_done(batch: list[int], outcomes: list) -> None:
+            for i, (text, error) in zip(batch, outcomes):
                 out.add(system, examples[i], output=text, error=error)
             out.flush()
             bar.update(len(batch))
+
+        generate_isolated(model, tokenizer, prompts, cfg.generation, on_batch_done=batch_done)
 
 
 def _prompt_template(system: str, tokenizer, cfg: Config) -> str:
