@@ -68,7 +68,7 @@ from typing import Callable, Iterable, Optional
 from core.config import Config, ConfigError, add_config_flags, config_from_args
 from core.data import DataError
 from core.errors import UserError, typed_line
-from evaluation.evaluate import _fmt, _no_nan  # one number format and strict-JSON rule for both reports
+from evaluation.report import _fmt, _no_nan  # one number format and strict-JSON rule for both reports
 
 log = logging.getLogger("longdocs")
 
@@ -314,7 +314,7 @@ def model_setups(cfg: Config) -> dict[str, str]:
     The whole mapreduce section (less scheduling) is hashed too, so a key added there later
     (e.g. a length target) cannot silently reuse summaries made without it.
     """
-    from evaluation.evaluate import system_setup
+    from evaluation.generations_log import system_setup
     from mapreduce.batch import setup_fingerprint
 
     section = {k: v for k, v in dataclasses.asdict(cfg.mapreduce).items() if k not in _SCHEDULING_KEYS}
@@ -534,7 +534,7 @@ def system_summary(rows: list[dict]) -> dict:
 
 def paired_difference(a: list[dict], b: list[dict], key: str, samples: int) -> dict:
     """Mean and paired bootstrap 95% CI of a - b over documents both systems finished."""
-    from evaluation.evaluate import BOOTSTRAP_SEED
+    from evaluation.report import BOOTSTRAP_SEED
     from evaluation.metrics import bootstrap_ci
 
     diffs = [x[key] - y[key] for x, y in zip(a, b) if "error" not in x and "error" not in y]
