@@ -68,6 +68,7 @@ from typing import Callable, Iterable, Optional
 from core.config import Config, ConfigError, add_config_flags, config_from_args
 from core.data import DataError
 from core.errors import UserError, typed_line
+from evaluation.generations_log import AppendLog, read_records
 from evaluation.report import _fmt, _no_nan  # one number format and strict-JSON rule for both reports
 
 log = logging.getLogger("longdocs")
@@ -331,20 +332,16 @@ def leadk_setup(words: int) -> str:
 
 
 class GenerationLog:
-    """Append-only JSONL of (system, doc) outputs; the latest line per settings + text wins."""
+    """Append-only JSONL of (system, doc) outputs; the latest line per settings + text wins.
+
+    The reading and appending are evaluation.generations_log's; the key here is
+    (system, id, setup, doc_sha), and every record is flushed as it is added.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self.latest: dict[tuple, dict] = {}
-        if path.exists():
-            with path.open(encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                        self.latest[(rec["system"], rec["id"], rec["setup"], rec["doc_sha"])] = rec
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        continue  # a line cut short by an interruption
-        self.file = None
+        self.latest: dict[tuple, dict] = dict(read_records(path, _log_key))
+        self.log = AppendLog(path)
 
     def get(self, system: str, doc: LongDoc, setup: str) -> Optional[dict]:
         return self.latest.get((system, doc.id, setup, doc.sha))
@@ -358,17 +355,17 @@ class GenerationLog:
             error: Optional[str] = None, **extra) -> dict:
         rec = {"system": system, "id": doc.id, "setup": setup, "doc_sha": doc.sha,
                "summary": summary, "error": error, **extra}
-        if self.file is None:
-            self.file = self.path.open("a", encoding="utf-8")
-        self.file.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self.file.flush()  # one document at a time: an interruption loses nothing finished
+        self.log.write(rec)
+        self.log.flush()  # one document at a time: an interruption loses nothing finished
         self.latest[(system, doc.id, setup, doc.sha)] = rec
         return rec
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        self.log.close()
+
+
+def _log_key(rec: dict) -> tuple:
+    return (rec["system"], rec["id"], rec["setup"], rec["doc_sha"])
 
 
 # --- the systems ----------------------------------------------------------------------
