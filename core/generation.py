@@ -9,17 +9,26 @@ Repetition control looks at the generated tokens only. transformers' own
 `repetition_penalty` and `no_repeat_ngram_size` scan the whole `input_ids` of a decoder-only
 model, prompt included: they punish copying the article's words and forbid every 3-gram of
 the article, which is what a news summary is made of.
+
+`generate_isolated` is the same batching loop for a run that must not stop at one bad
+text (evaluation): a failing batch is retried one prompt at a time, and a prompt that
+fails alone becomes an error for that prompt only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from core.config import GenerationConfig
+from core.errors import typed_line
 
+log = logging.getLogger(__name__)
+
+Outcome = tuple[Optional[str], Optional[str]]  # (summary, None) or (None, one-line error)
 
 RETRY_MIN_NEW_TOKENS = 8
 
@@ -138,12 +147,8 @@ def generate_summaries(
     does not lose that part of a document.
     """
     batch_size = batch_size or gen.generation_batch_size
-    if sort_by_length:
-        batches = length_sorted_batches([len(p) for p in prompts], batch_size)
-    else:
-        batches = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
     results: list[Optional[str]] = [None] * len(prompts)
-    for batch in batches:
+    for batch in _batches(prompts, batch_size, sort_by_length):
         texts = generate_batch(model, tokenizer, [prompts[i] for i in batch], gen)
         for i, text in zip(batch, texts):
             results[i] = text
@@ -157,6 +162,46 @@ def generate_summaries(
         for i, text in zip(empty, again):
             results[i] = text
     return results
+
+
+def _batches(prompts: Sequence[Sequence[int]], batch_size: int, sort_by_length: bool = True) -> list[list[int]]:
+    if sort_by_length:
+        return length_sorted_batches([len(p) for p in prompts], batch_size)
+    return [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
+
+
+def generate_isolated(
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    gen: GenerationConfig,
+    on_batch_done: Optional[Callable[[list[int], list[Outcome]], None]] = None,
+) -> list[Outcome]:
+    """An outcome per prompt, in the order given: (summary, None), or (None, error) for a prompt that failed.
+
+    Length-sorted batches as in generate_summaries; a batch that raises (e.g. out of memory
+    on long prompts) is retried one prompt at a time, so one bad prompt cannot fail its
+    neighbours or the run. `on_batch_done(indices, outcomes)` is called after each batch.
+    """
+    results: list[Optional[Outcome]] = [None] * len(prompts)
+    for batch in _batches(prompts, gen.generation_batch_size):
+        outcomes = _generate_or_split(model, tokenizer, [prompts[i] for i in batch], gen)
+        for i, outcome in zip(batch, outcomes):
+            results[i] = outcome
+        if on_batch_done is not None:
+            on_batch_done(batch, outcomes)
+    return results
+
+
+def _generate_or_split(model, tokenizer, prompts, gen: GenerationConfig) -> list[Outcome]:
+    """(text, None) per prompt; a failing batch is retried one prompt at a time."""
+    try:
+        return [(t, None) for t in generate_batch(model, tokenizer, prompts, gen)]
+    except Exception as exc:  # e.g. out of memory on a long batch: keep going, record it
+        if len(prompts) == 1:
+            return [(None, f"generation failed: {typed_line(exc)}")]
+        log.warning("a batch of %d failed (%s); retrying its prompts one by one", len(prompts), type(exc).__name__)
+        return [_generate_or_split(model, tokenizer, [p], gen)[0] for p in prompts]
 
 
 def summarize_texts(model, tokenizer, texts: Sequence[str], template: str, max_prompt_tokens: int,

@@ -21,175 +21,28 @@ Files in eval_output_dir:
 
 An example that cannot be summarized (empty article or reference, a failing batch retried
 alone) is recorded with its error, left out of the metrics and counted in the report.
+
+This module runs generation and scoring; the examples are evaluation.examples', the
+resumable log evaluation.generations_log's, and the aggregation and files evaluation.report's.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
 import logging
-import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from core.config import EVAL_SYSTEMS, Config, ConfigError, add_config_flags, config_from_args
-from core.data import DataError, load_rows
-from core.errors import ModelError, UserError, first_line, typed_line
+from core.errors import ModelError, UserError, first_line
 from core.signals import sigterm_as_interrupt
+from evaluation.examples import Example, check_example, load_examples
+from evaluation.generations_log import GENERATIONS_FILE, GenerationsLog, read_generations, system_setup
+from evaluation.report import aggregate_scores, write_reports
 
 log = logging.getLogger("evaluate")
 
 MODEL_SYSTEMS = tuple(s for s in EVAL_SYSTEMS if s != "lead3")  # in generation order: adapter last
-DISPLAY_NAMES = {
-    "lead3": "LEAD-3",
-    "base": "Base",
-    "base_chat": "Base (chat template)",
-    "adapter": "Base + adapter",
-}
-METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore_f1", "words")
-TABLE_COLUMNS = ("ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "BERTScore F1", "Avg Gen Length")
-BOOTSTRAP_SEED = 0
-GENERATIONS_FILE = "generations.jsonl"
-
-
-@dataclass
-class Example:
-    id: str
-    article: str
-    reference: str
-
-
-# --- data -----------------------------------------------------------------------------
-
-
-def load_examples(cfg: Config) -> list[Example]:
-    """Test rows as Examples, first `num_examples` of them; empty ones are kept (and fail later)."""
-    d = cfg.data
-    source = d.test_dataset or d.dataset
-    rows = load_rows(source, d.test_split, d.dataset_config)
-    for name in (d.article_field, d.summary_field):
-        if name not in rows.column_names:
-            raise DataError(f"field '{name}' not in {source} (columns: {', '.join(rows.column_names)})")
-    n = cfg.evaluation.num_examples
-    if n is not None:
-        if n <= 0:
-            raise ConfigError(f"config key 'num_examples' must be positive, got {n}")
-        rows = rows.select(range(min(n, len(rows))))
-    has_ids = d.id_field in rows.column_names
-    examples = []
-    for i, row in enumerate(rows):
-        article, reference = row[d.article_field], row[d.summary_field]
-        examples.append(
-            Example(
-                id=str(row[d.id_field]) if has_ids else str(i),
-                article=article if isinstance(article, str) else "",
-                reference=reference if isinstance(reference, str) else "",
-            )
-        )
-    ids = [e.id for e in examples]
-    if len(set(ids)) != len(ids):
-        raise DataError(f"field '{d.id_field}' of {source} has duplicate ids (resume keys on them)")
-    if not examples:
-        raise DataError(f"test split {d.test_split!r} of {source} has no rows")
-    return examples
-
-
-def check_example(ex: Example) -> None:
-    """Raise ValueError for an example that cannot be summarized or scored."""
-    if not ex.article.strip():
-        raise ValueError("empty article")
-    if not ex.reference.strip():
-        raise ValueError("empty reference")
-
-
-# --- the resumable generations log ----------------------------------------------------
-
-
-def system_setup(cfg: Config, system: str) -> str:
-    """A short hash of every setting that changes a system's outputs (resume reuses only matches)."""
-    from evaluation.metrics import sentence_splitter_name
-
-    if system == "lead3":
-        settings: dict = {"splitter": sentence_splitter_name()}
-    else:
-        m, g = cfg.model, cfg.generation
-        settings = {
-            "base_model": m.base_model,
-            "quantization": m.quantization,
-            "template": "chat" if system == "base_chat" else cfg.data.prompt_template,
-            "max_length": cfg.data.max_length,
-            "dtype": [m.dtype, m.device],
-            # repetition control over generated tokens only (not the old whole-input one)
-            "generation": {k: v for k, v in dataclasses.asdict(g).items() if k != "generation_batch_size"},
-            "decoding": "generated-only-v2",
-        }
-        if system == "adapter":
-            weights = sorted(Path(m.adapter or "").expanduser().glob("adapter_model.*"))
-            settings["adapter"] = [str(Path(m.adapter or "").expanduser().resolve()), m.merge_adapter]
-            settings["adapter_mtime"] = [w.stat().st_mtime_ns for w in weights]
-    settings["system"] = system
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def read_generations(path: Path, setups: dict[str, str]) -> dict[tuple[str, str], dict]:
-    """(system, id) -> its latest successful record made with the current settings."""
-    done: dict[tuple[str, str], dict] = {}
-    if not path.exists():
-        return done
-    stale = 0
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-                key = (rec["system"], rec["id"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a line cut short by an interruption
-            if rec.get("setup") != setups.get(rec["system"]):
-                stale += rec["system"] in setups
-                continue
-            if rec.get("error") is None:
-                done[key] = rec
-    if stale:
-        log.warning("ignoring %d earlier outputs in %s made with other settings", stale, path)
-    return done
-
-
-def open_for_append(path: Path):
-    """Append mode, after ending a line that a crash cut short.
-
-    Otherwise the first new record is glued onto the half line, and both are unreadable.
-    """
-    file = path.open("a", encoding="utf-8")
-    if file.tell() > 0:
-        with path.open("rb") as f:
-            f.seek(-1, 2)
-            if f.read(1) != b"\n":
-                file.write("\n")
-    return file
-
-
-class GenerationsLog:
-    """Append-only JSONL, flushed after every batch so an interruption loses at most one."""
-
-    def __init__(self, path: Path, setups: dict[str, str]):
-        self.file = open_for_append(path)
-        self.setups = setups
-        self.records: dict[tuple[str, str], dict] = {}
-
-    def add(self, system: str, ex: Example, output: Optional[str] = None, error: Optional[str] = None) -> None:
-        rec = {"system": system, "id": ex.id, "setup": self.setups[system], "output": output, "error": error}
-        self.file.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self.records[(system, ex.id)] = rec
-
-    def flush(self) -> None:
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
 
 
 # --- generation -----------------------------------------------------------------------
@@ -213,22 +66,9 @@ def run_lead3(todo: list[Example], out: GenerationsLog) -> None:
     out.flush()
 
 
-def _generate_or_split(model, tokenizer, prompts, gen) -> list[tuple[Optional[str], Optional[str]]]:
-    """(text, None) per prompt; a failing batch is retried one prompt at a time."""
-    from core import generation
-
-    try:
-        return [(t, None) for t in generation.generate_batch(model, tokenizer, prompts, gen)]
-    except Exception as exc:  # e.g. out of memory on a long batch: keep going, record it
-        if len(prompts) == 1:
-            return [(None, f"generation failed: {typed_line(exc)}")]
-        log.warning("a batch of %d failed (%s); retrying its prompts one by one", len(prompts), type(exc).__name__)
-        return [_generate_or_split(model, tokenizer, [p], gen)[0] for p in prompts]
-
-
 def run_model_system(system: str, model, tokenizer, template: str, todo: list[Example], cfg: Config, out: GenerationsLog) -> None:
     """Generate for every example in `todo`, batch by batch, logging each finished batch."""
-    from core.generation import length_sorted_batches
+    from core.generation import generate_isolated
     from core.prompt import build_prompt_ids
 
     examples, prompts = [], []
@@ -242,13 +82,14 @@ def run_model_system(system: str, model, tokenizer, template: str, todo: list[Ex
                 out.add(system, ex, error=str(exc))
                 bar.update(1)
         out.flush()
-        batches = length_sorted_batches([len(p) for p in prompts], cfg.generation.generation_batch_size)
-        for batch in batches:
-            results = _generate_or_split(model, tokenizer, [prompts[i] for i in batch], cfg.generation)
-            for i, (text, error) in zip(batch, results):
+
+        def batch_done(batch: list[int], outcomes: list) -> None:
+            for i, (text, error) in zip(batch, outcomes):
                 out.add(system, examples[i], output=text, error=error)
             out.flush()
             bar.update(len(batch))
+
+        generate_isolated(model, tokenizer, prompts, cfg.generation, on_batch_done=batch_done)
 
 
 def _prompt_template(system: str, tokenizer, cfg: Config) -> str:
@@ -288,11 +129,6 @@ def generate_all(cfg: Config, todo: dict[str, list[Example]], out: GenerationsLo
 # --- scoring --------------------------------------------------------------------------
 
 
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else float("nan")
-
-
 def score_all(cfg: Config, examples: list[Example], records: dict, systems: list[str], encoder: tuple[str, int]):
     """Per-example scores {(system, id): {metric: value}} and errors {(system, id): msg}."""
     from core.models import resolve_device
@@ -317,109 +153,6 @@ def score_all(cfg: Config, examples: list[Example], records: dict, systems: list
         for (key, _, _), value in zip(pairs, f1):
             scores[key]["bertscore_f1"] = value
     return scores, errors
-
-
-def summarize(cfg: Config, examples: list[Example], systems: list[str], scores: dict, errors: dict) -> dict:
-    from evaluation.metrics import bootstrap_ci, sentence_splitter_name, word_count
-
-    samples = cfg.evaluation.bootstrap_samples
-    result: dict = {
-        "num_examples": len(examples),
-        "dataset": cfg.data.test_dataset or ", ".join(cfg.data.dataset),
-        "split": cfg.data.test_split,
-        "bertscore_encoder": cfg.evaluation.bertscore_model,
-        "bertscore_num_layers": cfg.evaluation.bertscore_num_layers,
-        "sentence_splitter": sentence_splitter_name(),
-        "avg_reference_words": _mean(word_count(e.reference) for e in examples if e.reference.strip()),
-        "systems": {},
-        "improvements": {},
-    }
-    for system in systems:
-        rows = [scores[(system, e.id)] for e in examples if (system, e.id) in scores]
-        summary = {m: _mean(r[m] for r in rows) for m in METRICS}
-        summary["rougeL_ci95"] = list(bootstrap_ci([r["rougeL"] for r in rows], samples, seed=BOOTSTRAP_SEED))
-        summary["num_scored"] = len(rows)
-        summary["num_failed"] = sum(1 for e in examples if (system, e.id) in errors)
-        result["systems"][system] = summary
-    for baseline in ("base", "base_chat"):
-        if "adapter" in systems and baseline in systems:
-            ids = [e.id for e in examples if ("adapter", e.id) in scores and (baseline, e.id) in scores]
-            diffs = {m: [scores[("adapter", i)][m] - scores[(baseline, i)][m] for i in ids] for m in METRICS}
-            delta = {m: _mean(v) for m, v in diffs.items()}
-            delta["rougeL_ci95"] = list(bootstrap_ci(diffs["rougeL"], samples, seed=BOOTSTRAP_SEED))
-            delta["num_paired"] = len(ids)
-            result["improvements"][f"adapter_minus_{baseline}"] = delta
-    return result
-
-
-# --- reports --------------------------------------------------------------------------
-
-
-def _fmt(value: float, signed: bool = False, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def markdown_table(result: dict) -> str:
-    lines = ["| Model | " + " | ".join(TABLE_COLUMNS) + " |", "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
-
-    def row(name: str, values: dict, signed: bool = False) -> str:
-        cells = [_fmt(values[m], signed) for m in METRICS[:-1]] + [_fmt(values["words"], signed, 1)]
-        return f"| {name} | " + " | ".join(cells) + " |"
-
-    for system, values in result["systems"].items():
-        lines.append(row(DISPLAY_NAMES[system], values))
-    for key, delta in result["improvements"].items():
-        baseline = key.removeprefix("adapter_minus_")
-        lines.append(row(f"Improvement (adapter − {baseline.replace('_', ' ')})", delta, signed=True))
-    return "\n".join(lines)
-
-
-def markdown_report(result: dict) -> str:
-    notes = [
-        f"{result['num_examples']} examples from {result['dataset']} ({result['split']}); "
-        f"references average {_fmt(result['avg_reference_words'], digits=1)} words.",
-        f"BERTScore F1: encoder {result['bertscore_encoder']}, layer {result['bertscore_num_layers']}, "
-        f"no baseline rescaling. ROUGE: rouge_score with stemming; Lsum on sentences split by {result['sentence_splitter']}.",
-    ]
-    for system, values in result["systems"].items():
-        lo, hi = values["rougeL_ci95"]
-        failed = f"; {values['num_failed']} failed (excluded)" if values["num_failed"] else ""
-        notes.append(f"{DISPLAY_NAMES[system]}: ROUGE-L 95% CI [{_fmt(lo)}, {_fmt(hi)}], {values['num_scored']} scored{failed}.")
-    for key, delta in result["improvements"].items():
-        lo, hi = delta["rougeL_ci95"]
-        notes.append(
-            f"Adapter − {key.removeprefix('adapter_minus_')}: ROUGE-L difference 95% paired bootstrap CI "
-            f"[{_fmt(lo, True)}, {_fmt(hi, True)}] over {delta['num_paired']} examples."
-        )
-    return markdown_table(result) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-
-
-def _no_nan(value):
-    """NaN (a system with nothing scored) as null: results.json stays strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(v) for v in value]
-    return value
-
-
-def write_per_example(path: Path, examples, systems, records, scores, errors) -> None:
-    tmp = path.with_suffix(".jsonl.partial")
-    with tmp.open("w") as f:
-        for ex in examples:
-            entry: dict = {"id": ex.id, "reference": ex.reference, "systems": {}}
-            for system in systems:
-                key = (system, ex.id)
-                if key in errors:
-                    entry["systems"][system] = {"error": errors[key]}
-                else:
-                    entry["systems"][system] = {"output": records[key]["output"], **scores[key]}
-            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 # --- the program ----------------------------------------------------------------------
@@ -476,12 +209,9 @@ def evaluate(cfg: Config) -> dict:
         out.close()
     records = {**done, **out.records}
     scores, errors = score_all(cfg, examples, records, systems, encoder)
-    result = summarize(cfg, examples, systems, scores, errors)
+    result = aggregate_scores(cfg, examples, systems, scores, errors)
     result["config"] = cfg.to_dict()
-    write_per_example(out_dir / "per_example.jsonl", examples, systems, records, scores, errors)
-    (out_dir / "results.json").write_text(json.dumps(_no_nan(result), indent=2, ensure_ascii=False) + "\n")
-    report = markdown_report(result)
-    (out_dir / "results.md").write_text(report)
+    report = write_reports(out_dir, examples, systems, records, scores, errors, result)
     print(report)
     log.info("wrote %s/{results.json,results.md,per_example.jsonl,%s}", out_dir, GENERATIONS_FILE)
     return result

@@ -68,7 +68,8 @@ from typing import Callable, Iterable, Optional
 from core.config import Config, ConfigError, add_config_flags, config_from_args
 from core.data import DataError
 from core.errors import UserError, typed_line
-from evaluation.evaluate import _fmt, _no_nan  # one number format and strict-JSON rule for both reports
+from evaluation.generations_log import AppendLog, read_records
+from evaluation.report import _fmt, _no_nan  # one number format and strict-JSON rule for both reports
 
 log = logging.getLogger("longdocs")
 
@@ -314,7 +315,7 @@ def model_setups(cfg: Config) -> dict[str, str]:
     The whole mapreduce section (less scheduling) is hashed too, so a key added there later
     (e.g. a length target) cannot silently reuse summaries made without it.
     """
-    from evaluation.evaluate import system_setup
+    from evaluation.generations_log import system_setup
     from mapreduce.batch import setup_fingerprint
 
     section = {k: v for k, v in dataclasses.asdict(cfg.mapreduce).items() if k not in _SCHEDULING_KEYS}
@@ -331,20 +332,16 @@ def leadk_setup(words: int) -> str:
 
 
 class GenerationLog:
-    """Append-only JSONL of (system, doc) outputs; the latest line per settings + text wins."""
+    """Append-only JSONL of (system, doc) outputs; the latest line per settings + text wins.
+
+    The reading and appending are evaluation.generations_log's; the key here is
+    (system, id, setup, doc_sha), and every record is flushed as it is added.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self.latest: dict[tuple, dict] = {}
-        if path.exists():
-            with path.open(encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                        self.latest[(rec["system"], rec["id"], rec["setup"], rec["doc_sha"])] = rec
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        continue  # a line cut short by an interruption
-        self.file = None
+        self.latest: dict[tuple, dict] = dict(read_records(path, _log_key))
+        self.log = AppendLog(path)
 
     def get(self, system: str, doc: LongDoc, setup: str) -> Optional[dict]:
         return self.latest.get((system, doc.id, setup, doc.sha))
@@ -358,17 +355,17 @@ class GenerationLog:
             error: Optional[str] = None, **extra) -> dict:
         rec = {"system": system, "id": doc.id, "setup": setup, "doc_sha": doc.sha,
                "summary": summary, "error": error, **extra}
-        if self.file is None:
-            self.file = self.path.open("a", encoding="utf-8")
-        self.file.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self.file.flush()  # one document at a time: an interruption loses nothing finished
+        self.log.write(rec)
+        self.log.flush()  # one document at a time: an interruption loses nothing finished
         self.latest[(system, doc.id, setup, doc.sha)] = rec
         return rec
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        self.log.close()
+
+
+def _log_key(rec: dict) -> tuple:
+    return (rec["system"], rec["id"], rec["setup"], rec["doc_sha"])
 
 
 # --- the systems ----------------------------------------------------------------------
@@ -534,7 +531,7 @@ def system_summary(rows: list[dict]) -> dict:
 
 def paired_difference(a: list[dict], b: list[dict], key: str, samples: int) -> dict:
     """Mean and paired bootstrap 95% CI of a - b over documents both systems finished."""
-    from evaluation.evaluate import BOOTSTRAP_SEED
+    from evaluation.report import BOOTSTRAP_SEED
     from evaluation.metrics import bootstrap_ci
 
     diffs = [x[key] - y[key] for x, y in zip(a, b) if "error" not in x and "error" not in y]

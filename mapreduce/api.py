@@ -50,11 +50,13 @@ class Summarizer:
     """One model in this process; `summarize(text)` runs chunk -> map -> reduce without Ray."""
 
     def __init__(self, cfg: Config, model, tokenizer):
-        from mapreduce.chunking import Chunker, reduce_template
+        from mapreduce.chunking import Chunker
+        from mapreduce.document import DocumentSteps
 
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
-        self.chunker = Chunker.from_config(tokenizer, cfg)
-        self.reduce_template = reduce_template(cfg)
+        self.steps = DocumentSteps(cfg, Chunker.from_config(tokenizer, cfg))  # the engine's steps and units
+        self.chunker = self.steps.chunker
+        self.reduce_template = self.steps.reduce_template
 
     @classmethod
     def from_config(cls, config: ConfigLike = None, **overrides) -> "Summarizer":
@@ -70,24 +72,21 @@ class Summarizer:
         return summarize_texts(self.model, self.tokenizer, texts, template, self.cfg.prompt_budget, self.cfg.generation)
 
     def summarize(self, text: str) -> Summary:
-        from mapreduce.reduce import ReduceError, ReduceLevel, reduce_summaries
+        from mapreduce.reduce import ReduceError
 
         if not isinstance(text, str) or not text.strip():
             raise ValueError("document is empty")
-        cfg, template = self.cfg, self.cfg.data.prompt_template
-        whole = self.chunker.whole(text, template, cfg.prompt_budget)
-        chunks = [whole] if whole is not None else self.chunker.split(text)
-        first = ReduceLevel("final" if len(chunks) == 1 else "map", [[c.index] for c in chunks],
-                            [c.text for c in chunks], sum(c.tokens for c in chunks))
-        first.outputs = self._generate(first.inputs, template)
+        steps = self.steps
+        chunks = steps.chunk(text)
+        first = steps.first_level(chunks)
+        first.outputs = self._generate(first.inputs, steps.doc_template)
         if len(chunks) == 1:
             if not first.outputs[0].strip():
                 raise ReduceError("the model returned an empty summary")
             return Summary(first.outputs[0], chunks, [first])
-        count = lambda t: self.chunker.prompt_cost(t, self.reduce_template)  # noqa: E731 (the engine's unit)
-        state = reduce_summaries(first.outputs, lambda texts: self._generate(texts, self.reduce_template), count,
-                                 cfg.mapreduce.chunk_size, cfg.mapreduce.max_reduce_depth,
-                                 split=self.chunker.split_text, target_words=cfg.mapreduce.summary_words)
+        state = steps.start_reduce(first.outputs)
+        while not state.done:
+            state.accept(self._generate(state.pending, steps.reduce_template))
         return Summary(state.summary, chunks, [first] + state.levels)
 
 

@@ -125,7 +125,7 @@ class _ProgressBar:
 def check_input_sizes(cfg, texts: dict[str, str]) -> None:
     """Refuse an oversized input before Ray or a model starts (hours of work are asked for)."""
     from core.models import load_tokenizer
-    from mapreduce.engine import check_document_size
+    from mapreduce.document import check_document_size
 
     if not cfg.mapreduce.max_document_tokens:
         return

@@ -101,7 +101,7 @@ def test_help_lists_config_flags():
 
 
 def test_summarizer_console_command_dispatches_here(tmp_path):
-    from core.cli import main
+    from summarizer_cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["summarize", "--help"])

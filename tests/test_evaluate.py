@@ -199,7 +199,8 @@ def test_improvement_interval_is_paired_over_the_examples_both_systems_scored():
     import random
 
     from core.config import load_config
-    from evaluation.evaluate import METRICS, Example, summarize
+    from evaluation.examples import Example
+    from evaluation.report import METRICS, aggregate_scores
 
     rng = random.Random(0)
     examples = [Example(str(i), "article", "reference") for i in range(41)]
@@ -209,7 +210,7 @@ def test_improvement_interval_is_paired_over_the_examples_both_systems_scored():
     scores.update({("adapter", e.id): dict.fromkeys(METRICS, a) for e, a in zip(examples, adapter)})
     errors = {("adapter", "40"): "generation failed: RuntimeError"}
     cfg = load_config(None, {"bootstrap_samples": 1000})
-    result = summarize(cfg, examples, ["base", "adapter"], scores, errors)
+    result = aggregate_scores(cfg, examples, ["base", "adapter"], scores, errors)
 
     delta = result["improvements"]["adapter_minus_base"]
     assert delta["num_paired"] == 40

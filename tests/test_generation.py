@@ -190,3 +190,25 @@ def test_empty_summaries_are_retried_with_a_minimum_length(monkeypatch):
     assert generation.generate_summaries(None, None, prompts, gen, batch_size=8, retry_empty=True) == [
         "summary of 1", "summary of 0", "summary of 2"]
     assert calls[-1] == (1, generation.RETRY_MIN_NEW_TOKENS)  # only the empty one, forced to write
+
+
+def test_isolated_generation_retries_a_failed_batch_alone_and_keeps_going(monkeypatch):
+    import core.generation as generation
+
+    calls: list[list[list[int]]] = []
+
+    def fake_batch(model, tokenizer, prompts, gen):
+        calls.append([list(p) for p in prompts])
+        if [6, 6] in [list(p) for p in prompts]:
+            raise RuntimeError("CUDA out of memory\nmore detail")
+        return [f"s{len(p)}" for p in prompts]
+
+    monkeypatch.setattr(generation, "generate_batch", fake_batch)
+    prompts = [[1], [6, 6], [3, 3, 3], [4, 4, 4, 4], [5] * 5]
+    done: list = []
+    outcomes = generation.generate_isolated(None, None, prompts, GenerationConfig(generation_batch_size=2),
+                                            on_batch_done=lambda idx, out: done.append((idx, out)))
+    assert outcomes == [("s1", None), (None, "generation failed: RuntimeError: CUDA out of memory"),
+                        ("s3", None), ("s4", None), ("s5", None)]
+    assert [idx for idx, _ in done] == [[4, 3], [2, 1], [0]]  # longest first, every batch reported once
+    assert calls[2:4] == [[[3, 3, 3]], [[6, 6]]]  # the failing batch, split: each prompt alone

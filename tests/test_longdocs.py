@@ -175,6 +175,16 @@ def test_generation_log_reuses_only_matching_finished_records(tmp_path):
     assert not again.done("truncate", LongDoc("a", "edited text", "r"), "s1")  # other document text
 
 
+def test_generation_log_appends_after_a_torn_line_without_losing_the_new_record(tmp_path):
+    path = tmp_path / ld.LOG_FILE
+    a, b = LongDoc("a", "text a", "r"), LongDoc("b", "text b", "r")
+    path.write_text('{"system": "truncate", "id": "b", "se')  # cut short by a crash, no newline
+    out = GenerationLog(path)
+    out.add("truncate", a, "s1", summary="sum a")
+    out.close()
+    assert GenerationLog(path).done("truncate", a, "s1") and not GenerationLog(path).done("truncate", b, "s1")
+
+
 class _FakeSystems:
     """Stands in for the Ray and in-process model systems; records what each was asked to do."""
 

@@ -326,7 +326,8 @@ def test_unreadable_trainer_state_is_one_line(tiny_model_dir, tmp_path, capsys):
 
 
 def test_a_record_appended_after_a_torn_line_is_kept(tmp_path):
-    from evaluation.evaluate import Example, GenerationsLog, read_generations
+    from evaluation.examples import Example
+    from evaluation.generations_log import GenerationsLog, read_generations
 
     path = tmp_path / "generations.jsonl"
     whole = json.dumps({"system": "lead3", "id": "a", "setup": "s", "output": "A.", "error": None})

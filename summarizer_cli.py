@@ -1,5 +1,8 @@
 """`summarizer` console command: one entry point, one subcommand per job.
 
+It sits at the top, above the packages it dispatches to: core/ stays the ground floor
+and names nothing above it.
+
 Each subcommand is the same program as its module entry point:
     summarizer train     == python -m training.train
     summarizer evaluate  == python -m evaluation.evaluate

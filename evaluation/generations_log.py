@@ -1,0 +1,157 @@
+"""The resumable generations log: append-only JSONL, one record per output, reused by settings.
+
+A run appends one record per (system, item) output and flushes often; a rerun reads the
+file back and reuses only records made with the same settings (a short hash per system,
+see `system_setup`), so it generates only what is missing. A line cut short by an
+interruption is skipped when reading, and ended before appending: otherwise the first new
+record would be glued onto the half line, and both would be unreadable.
+
+    read_records(path, key)   (key(record), record) for every whole record, in file order
+    AppendLog(path)           write(record) / flush() / close(); opens on first use
+    read_generations, GenerationsLog   evaluation.evaluate's log (generations.jsonl), by (system, id)
+
+evaluation.longdocs keeps its own key (system, id, setup, text hash) and file
+(longdoc_generations.jsonl) on the same reading and appending.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
+
+from core.config import Config
+
+if TYPE_CHECKING:
+    from evaluation.examples import Example
+
+log = logging.getLogger(__name__)
+
+GENERATIONS_FILE = "generations.jsonl"
+
+
+def system_setup(cfg: Config, system: str) -> str:
+    """A short hash of every setting that changes a system's outputs (resume reuses only matches)."""
+    from evaluation.metrics import sentence_splitter_name
+
+    if system == "lead3":
+        settings: dict = {"splitter": sentence_splitter_name()}
+    else:
+        m, g = cfg.model, cfg.generation
+        settings = {
+            "base_model": m.base_model,
+            "quantization": m.quantization,
+            "template": "chat" if system == "base_chat" else cfg.data.prompt_template,
+            "max_length": cfg.data.max_length,
+            "dtype": [m.dtype, m.device],
+            # repetition control over generated tokens only (not the old whole-input one)
+            "generation": {k: v for k, v in dataclasses.asdict(g).items() if k != "generation_batch_size"},
+            "decoding": "generated-only-v2",
+        }
+        if system == "adapter":
+            weights = sorted(Path(m.adapter or "").expanduser().glob("adapter_model.*"))
+            settings["adapter"] = [str(Path(m.adapter or "").expanduser().resolve()), m.merge_adapter]
+            settings["adapter_mtime"] = [w.stat().st_mtime_ns for w in weights]
+    settings["system"] = system
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# --- reading and appending -------------------------------------------------------------
+
+
+def read_records(path: Path, key: Callable[[dict], tuple]) -> Iterator[tuple[tuple, dict]]:
+    """(key(record), record) for every whole record of the log (none if it does not exist).
+
+    A line that is not JSON, or lacks what `key` reads, was cut short by an interruption: skipped.
+    """
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                k = key(rec)
+                hash(k)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+            yield k, rec
+
+
+def open_for_append(path: Path):
+    """Append mode, after ending a line that a crash cut short.
+
+    Otherwise the first new record is glued onto the half line, and both are unreadable.
+    """
+    file = path.open("a", encoding="utf-8")
+    if file.tell() > 0:
+        with path.open("rb") as f:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                file.write("\n")
+    return file
+
+
+class AppendLog:
+    """Append-only JSONL writer; the file is opened (`open_for_append`) on first use."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = None
+
+    def open(self) -> "AppendLog":
+        if self.file is None:
+            self.file = open_for_append(self.path)
+        return self
+
+    def write(self, rec: dict) -> None:
+        self.open().file.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+# --- evaluation.evaluate's log: generations.jsonl, by (system, example id) -------------
+
+
+def read_generations(path: Path, setups: dict[str, str]) -> dict[tuple[str, str], dict]:
+    """(system, id) -> its latest successful record made with the current settings."""
+    done: dict[tuple[str, str], dict] = {}
+    stale = 0
+    for key, rec in read_records(path, lambda r: (r["system"], r["id"])):
+        if rec.get("setup") != setups.get(rec["system"]):
+            stale += rec["system"] in setups
+            continue
+        if rec.get("error") is None:
+            done[key] = rec
+    if stale:
+        log.warning("ignoring %d earlier outputs in %s made with other settings", stale, path)
+    return done
+
+
+class GenerationsLog:
+    """Append-only JSONL, flushed after every batch so an interruption loses at most one."""
+
+    def __init__(self, path: Path, setups: dict[str, str]):
+        self.log = AppendLog(path).open()
+        self.setups = setups
+        self.records: dict[tuple[str, str], dict] = {}
+
+    def add(self, system: str, ex: "Example", output: Optional[str] = None, error: Optional[str] = None) -> None:
+        rec = {"system": system, "id": ex.id, "setup": self.setups[system], "output": output, "error": error}
+        self.log.write(rec)
+        self.records[(system, ex.id)] = rec
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def close(self) -> None:
+        self.log.close()

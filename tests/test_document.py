@@ -1,0 +1,165 @@
+"""One document's levels with a fake chunker (words as tokens) and fake summarizers: no Ray, no model."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from core.config import load_config
+from mapreduce.chunking import Chunk
+from mapreduce.document import DocumentSteps
+from mapreduce.reduce import JOINER
+
+DOC_TEMPLATE, REDUCE_TEMPLATE = "Doc: {article}", "Sum: {article}"
+MARKER = re.compile(r"\bM\d{3}\b")
+
+
+class WordChunker:
+    """Chunker stand-in: a token is a word; chunks are runs of chunk_size words, spans kept."""
+
+    chunk_overlap = 0
+
+    def __init__(self, chunk_size: int):
+        self.chunk_size = chunk_size
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def prompt_cost(self, text: str, template: str | None = None) -> int:
+        return len(text.split())
+
+    def whole(self, text: str, template: str, budget: int) -> Chunk | None:
+        if self.count_tokens(text) > budget:
+            return None
+        start, end = len(text) - len(text.lstrip()), len(text.rstrip())
+        return Chunk(0, start, end, text[start:end], self.count_tokens(text))
+
+    def split(self, text: str) -> list[Chunk]:
+        words = list(re.finditer(r"\S+", text))
+        runs = [words[i:i + self.chunk_size] for i in range(0, len(words), self.chunk_size)]
+        return [Chunk(i, r[0].start(), r[-1].end(), text[r[0].start():r[-1].end()], len(r)) for i, r in enumerate(runs)]
+
+    def split_text(self, text: str) -> list[str]:
+        return [c.text for c in self.split(text)]
+
+
+def keep_markers(texts: list[str], template: str) -> list[str]:
+    """A summarizer that keeps only the markers M###, in order: always shrinks, never drops one."""
+    return [" ".join(MARKER.findall(t)) for t in texts]
+
+
+class Recorder:
+    def __init__(self, fn=keep_markers):
+        self.fn = fn
+        self.calls: list[tuple[list[str], str]] = []
+
+    def __call__(self, texts, template):
+        self.calls.append((list(texts), template))
+        return self.fn(texts, template)
+
+
+def document(parts: int, filler: int = 9) -> str:
+    return "\n\n".join(" ".join([f"M{i:03d}"] + ["filler"] * filler) + "." for i in range(parts))
+
+
+def steps(events: list | None = None, **overrides) -> DocumentSteps:
+    values = {"max_length": 64, "max_new_tokens": 8, "chunk_size": 20, "chunk_overlap": 0,
+              "prompt_template": DOC_TEMPLATE, "reduce_template": REDUCE_TEMPLATE, **overrides}
+    cfg = load_config(None, values)
+    return DocumentSteps(cfg, WordChunker(cfg.mapreduce.chunk_size), on_progress=events.append if events is not None else None)
+
+
+def test_a_document_that_fits_is_one_final_pass():
+    events: list = []
+    fake = Recorder()
+    text = document(3)
+    result = steps(events).run("a", text, fake)
+    assert result.ok and result.summary == "M000 M001 M002"
+    assert fake.calls == [([text], DOC_TEMPLATE)]
+    assert [(lv["name"], lv["template"]) for lv in result.tree["levels"]] == [("final", "document")]
+    assert result.tokens == {"document": 30, "chunks": 1, "chunk_tokens": 30, "summary": 3, "empty_summaries": 0}
+    assert set(result.timings) == {"chunking_s", "map_s", "reduce_s", "total_s"}
+    assert [(e.kind, e.level, e.done, e.total) for e in events] == [
+        ("document", "", 0, 1), ("level", "final", 0, 1), ("item", "final", 1, 1), ("finished", "", 0, 0)]
+
+
+def test_a_long_document_is_mapped_then_reduced_in_order():
+    fake = Recorder()
+    text = document(10)  # 100 words, chunk_size 20: 5 chunks
+    result = steps().run("long", text, fake)
+    assert result.ok, result.error
+    assert result.summary == " ".join(f"M{i:03d}" for i in range(10))
+    levels = result.tree["levels"]
+    assert [(lv["name"], lv["template"]) for lv in levels] == [("map", "document"), ("final", "reduce")]
+    assert [t for _, t in fake.calls] == [DOC_TEMPLATE, REDUCE_TEMPLATE]
+    chunks = result.tree["chunks"]
+    assert len(chunks) == 5 and all(text[c["start"]:c["end"]] for c in chunks)
+    assert fake.calls[0][0] == [text[c["start"]:c["end"]] for c in chunks]
+    assert fake.calls[1][0] == [JOINER.join(keep_markers(fake.calls[0][0], ""))]
+    assert levels[0]["input_tokens"] == 100 and len(levels[0]["outputs"]) == 5
+
+
+def test_collapse_levels_run_until_the_summaries_fit():
+    def half(texts, template):  # keeps every other word: shrinks, but slowly
+        return [" ".join(t.split()[::2]) for t in texts]
+
+    result = steps(chunk_size=10).run("deep", " ".join(f"w{i}" for i in range(200)), Recorder(half))
+    names = [lv["name"] for lv in result.tree["levels"]]
+    assert result.ok and names[0] == "map" and names[-1] == "final"
+    assert names[1:-1] and all(n.startswith("collapse-") for n in names[1:-1])
+
+
+def test_a_length_target_keeps_one_summary_per_part():
+    result = steps(summary_words=1000).run("t", document(10), Recorder())
+    assert [lv["name"] for lv in result.tree["levels"]] == ["map"]
+    assert result.summary == JOINER.join(["M000 M001", "M002 M003", "M004 M005", "M006 M007", "M008 M009"])
+
+
+@pytest.mark.parametrize("text, message", [("   ", "document is empty"), (None, "document is empty")])
+def test_an_empty_document_is_an_error_result(text, message):
+    fake = Recorder()
+    result = steps().run("e", text, fake)
+    assert (result.summary, result.error) == (None, message) and not fake.calls
+
+
+def test_an_oversized_document_is_refused_before_any_summary():
+    fake = Recorder()
+    result = steps(max_document_tokens=50).run("big", document(10), fake)
+    assert "above max_document_tokens (50)" in result.error and not fake.calls
+
+
+def test_an_empty_final_summary_fails_the_document():
+    result = steps().run("a", document(2), lambda texts, template: [""] * len(texts))
+    assert result.summary is None
+    assert result.error.startswith("the model returned an empty summary at the final level (no adapter loaded")
+    assert result.tokens["empty_summaries"] == 1
+
+
+def test_an_empty_map_summary_fails_the_reduce():
+    def drop_second(texts, template):
+        return ["" if i == 1 else "x" for i in range(len(texts))]
+
+    result = steps().run("a", document(10), drop_second)
+    assert result.error.startswith("reduce failed: map: the model returned an empty summary for input 1")
+
+
+def test_a_failed_input_fails_its_document_with_the_level_named():
+    events: list = []
+    job = steps(events).start("a", document(10), seq=3)
+    inputs = job.open()
+    assert [i.priority() for i in inputs[:2]] == [(3, 0, 0), (3, 0, 1)] and all(i.live for i in inputs)
+    assert not job.put(0, "M000")
+    result = job.fail(1, "ValueError: boom")
+    assert result.error == "map input 1 failed after retries: ValueError: boom" and job.result is result
+    assert not any(i.live for i in inputs) and events[-1].kind == "finished"
+
+
+def test_inputs_of_an_earlier_level_are_no_longer_live():
+    job = steps().start("a", document(10))
+    first = job.open()
+    for item in first:
+        job.put(item.index, " ".join(MARKER.findall(item.text)))
+    second = job.advance()
+    assert [i.level_no for i in second] == [1] and second[0].template == REDUCE_TEMPLATE
+    assert not any(i.live for i in first) and second[0].live

@@ -1,0 +1,93 @@
+"""The engine's scheduler on a fake pool (ray.wait/get faked): batching, admission, solo retries.
+
+No Ray and no model: the pool "summarizes" at submit time with a fake summarizer, and the
+chunker counts words (tests/test_document.py). The slow tests run the same engine on Ray.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import mapreduce.engine as engine_module
+from mapreduce.engine import MapReduceEngine
+from test_document import WordChunker, document, keep_markers, steps
+
+
+class FakePool:
+    """Answers every call at once (in submit order); a batch holding `poison` raises."""
+
+    def __init__(self, workers: int = 2, poison: str = "poison"):
+        self.alive = [True] * workers
+        self.poison = poison
+        self.calls: list[tuple[int, list[str], str]] = []
+        self.answers: dict[object, object] = {}
+
+    def __len__(self):
+        return len(self.alive)
+
+    def submit(self, worker, texts, template):
+        ref = object()
+        self.calls.append((worker, list(texts), template))
+        if any(self.poison in t for t in texts):
+            self.answers[ref] = ValueError("injected failure")
+        else:
+            self.answers[ref] = keep_markers(texts, template)
+        return ref
+
+    def check_alive(self, index):
+        return True
+
+
+@pytest.fixture
+def pool(monkeypatch) -> FakePool:
+    pool = FakePool()
+
+    def get(ref):
+        answer = pool.answers[ref]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(engine_module.ray, "wait", lambda refs, num_returns, timeout: (refs[:1], refs[1:]))
+    monkeypatch.setattr(engine_module.ray, "get", get)
+    monkeypatch.setattr(engine_module.ray, "cancel", lambda ref: None)
+    return pool
+
+
+def _engine(pool, events=None, **overrides) -> MapReduceEngine:
+    cfg = steps(**overrides).cfg
+    return MapReduceEngine(cfg, pool, chunker=WordChunker(cfg.mapreduce.chunk_size),
+                           on_progress=events.append if events is not None else None)
+
+
+def test_many_documents_give_the_same_results_as_one_at_a_time(pool):
+    docs = {"a": document(10), "b": document(3), "c": document(12), "d": "  "}
+    engine = _engine(pool, generation_batch_size=4, max_docs_in_flight=2)
+    results = {r.doc_id: r for r in engine.run(docs.items())}
+    assert sorted(results) == sorted(docs)
+    for doc_id, text in docs.items():
+        alone = steps().run(doc_id, text, keep_markers)
+        got = results[doc_id]
+        assert (got.summary, got.error, got.tokens) == (alone.summary, alone.error, alone.tokens), doc_id
+        assert [lv["name"] for lv in got.tree["levels"]] == [lv["name"] for lv in alone.tree["levels"]]
+    assert all(len(texts) <= 4 for _, texts, _ in pool.calls)
+
+
+def test_a_text_that_fails_alone_fails_only_its_document(pool):
+    events: list = []
+    poisoned = document(10).replace("M004 filler", "M004 poison")
+    engine = _engine(pool, events, generation_batch_size=4)
+    results = {r.doc_id: r for r in engine.run([("ok", document(10)), ("bad", poisoned)])}
+    assert results["ok"].ok and results["ok"].summary == " ".join(f"M{i:03d}" for i in range(10))
+    assert results["bad"].summary is None
+    assert results["bad"].error == "map input 2 failed after retries: ValueError: injected failure"
+    failed_batch = next(c for c in pool.calls if len(c[1]) > 1 and any("poison" in t for t in c[1]))
+    solo = [c for c in pool.calls if len(c[1]) == 1 and "poison" in c[1][0]]
+    assert len(solo) == 1 and solo[0][0] != failed_batch[0]  # retried alone, on the other worker
+    finished = [(e.doc_id, e.error) for e in events if e.kind == "finished"]
+    assert sorted(finished, key=str) == sorted([("ok", None), ("bad", results["bad"].error)], key=str)
+
+
+def test_summarize_is_one_document_through_run(pool):
+    result = _engine(pool).summarize(document(3), doc_id="x")
+    assert result.doc_id == "x" and result.summary == "M000 M001 M002"

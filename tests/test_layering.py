@@ -1,0 +1,25 @@
+"""core/ is the ground floor: it imports nothing from the wings above it, not even by name."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+UPPER = ("training", "evaluation", "mapreduce", "summarizer_cli")
+
+
+def test_core_imports_nothing_above_it():
+    offenders = []
+    for path in sorted((REPO / "core").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names = [node.value] if node.value.split(".")[0] in UPPER and " " not in node.value else []
+            else:
+                continue
+            offenders += [f"{path.name}:{node.lineno}: {n}" for n in names if n.split(".")[0] in UPPER]
+    assert not offenders, offenders
