@@ -10,8 +10,9 @@ The steps follow LangGraph's map-reduce summarization recipe, as plain named lev
 With a length target (`summary_words`), the reduce stops as soon as the partial summaries,
 joined in document order, fit it: a long document keeps one summary per part rather than
 being squeezed into one news-length paragraph. While they are too long, each level packs
-them into about as many groups as the target holds summaries of their current length, so
-the last level's outputs, joined, come close to the target.
+them into about as many groups as the target holds summaries of their current length (each
+group two or more summaries, near-equal in size: see `balanced_groups`), so the last
+level's outputs, joined, come close to the target.
 
 Two guards make it terminate on any summarizer: every collapse level must shrink the text
 (in tokens), else ReduceError; and at most `max_depth` collapse levels run, else ReduceError.
@@ -80,6 +81,25 @@ def pack_groups(texts: Sequence[str], count_tokens: CountTokens, budget: int, jo
     if current:
         groups.append(current)
     return groups
+
+
+def balanced_groups(texts: Sequence[str], count_tokens: CountTokens, budget: int, wanted: int,
+                    joiner: str = JOINER) -> list[list[int]]:
+    """At least `wanted` consecutive groups of near-equal size, each fitting the budget.
+
+    Greedy packing to a budget leaves a ragged tail (a last group of one summary, which a
+    collapse cannot shrink); equal counts keep every group two or more texts long as long as
+    there are at most half as many groups as texts. When no such split fits the budget,
+    greedy packing (`pack_groups`) decides.
+    """
+    n = len(texts)
+    joined = count_tokens(joiner.join(texts))
+    for k in range(max(1, wanted, -(-joined // budget)), n // 2 + 1):
+        bounds = [round(i * n / k) for i in range(k + 1)]
+        groups = [list(range(bounds[i], bounds[i + 1])) for i in range(k)]
+        if all(count_tokens(joiner.join(texts[j] for j in g)) <= budget for g in groups):
+            return groups
+    return pack_groups(texts, count_tokens, budget, joiner)
 
 
 @dataclass
@@ -155,18 +175,21 @@ class ReduceState:
                 "(max_reduce_depth)"
             )
         pieces, sources = self._cut_oversized(texts)
-        group_budget = min(self.budget, -(-total // groups_wanted))  # ceil: about groups_wanted groups
-        groups = pack_groups(pieces, self.count_tokens, group_budget, self.joiner)
+        groups = balanced_groups(pieces, self.count_tokens, self.budget, groups_wanted, self.joiner)
         inputs = [self.joiner.join(pieces[j] for j in g) for g in groups]
         group_sources = [sorted({sources[j] for j in g}) for g in groups]
         self.levels.append(ReduceLevel(f"collapse-{depth + 1}", group_sources, inputs, total))
 
     def _groups_wanted(self, texts: list[str]) -> int:
-        """How many summaries the target holds at the texts' current length (1 without a target)."""
-        if not self.target_words or len(texts) < 2:
+        """How many summaries the target holds at the texts' current length (1 without a target).
+
+        At most half the texts: every group then holds two or more, so each summary of a
+        group replaces at least two and the level shrinks (a group of one would not).
+        """
+        if not self.target_words or len(texts) < 4:
             return 1
         per_summary = max(1.0, sum(count_words(t) for t in texts) / len(texts))
-        return max(1, min(len(texts) - 1, int(self.target_words // per_summary)))
+        return max(1, min(len(texts) // 2, int(self.target_words // per_summary)))
 
     def _cut_oversized(self, texts: list[str]) -> tuple[list[str], list[int]]:
         """Texts with any over-budget one split into pieces; pieces[i] came from texts[sources[i]]."""

@@ -220,3 +220,32 @@ def test_an_empty_summary_fails_instead_of_dropping_its_part():
     outputs[2] = ""
     with pytest.raises(ReduceError, match="collapse-1: the model returned an empty summary for input 2"):
         state.accept(outputs)
+
+
+def test_a_target_near_the_text_length_still_shrinks_in_groups_of_two_or_more():
+    """Six ~42-word summaries, target 150: three groups of two, not six groups of one.
+
+    Packing greedily to total/groups_wanted tokens left most summaries alone in their group,
+    the model rewrote each at its natural length, the level did not shrink, and the document
+    failed (seen on joined news articles).
+    """
+    summaries = [partial(i, filler=n - 1) for i, n in enumerate((41, 45, 38, 44, 40, 43))]
+    fake = Recorder(first_words(40))
+    state = reduce_summaries(summaries, fake, words, budget=380, max_depth=4, target_words=150)
+    assert [len(MARKER.findall(t)) for t in fake.calls[0]] == [2, 2, 2]
+    assert [lv.name for lv in state.levels] == ["collapse-1"] and words(state.summary) <= 150
+    assert MARKER.findall(state.summary)[0] == "M000" and "M004" in state.summary  # start and end kept
+
+
+@given(st.lists(st.integers(1, 60), min_size=4, max_size=40), st.integers(1, 6))
+@settings(max_examples=200, deadline=None)
+def test_balanced_groups_keep_order_fit_and_pair_small_texts(lengths, wanted):
+    from mapreduce.reduce import balanced_groups
+
+    texts = [" ".join(["w"] * n) for n in lengths]
+    budget = 130
+    groups = balanced_groups(texts, words, budget, wanted)
+    assert [i for g in groups for i in g] == list(range(len(texts)))  # every text once, in order
+    assert all(words(JOINER.join(texts[i] for i in g)) <= budget or len(g) == 1 for g in groups)
+    if all(n <= budget // 3 for n in lengths) and wanted <= len(texts) // 2:  # small texts: pairs always fit
+        assert len(groups) >= wanted and all(len(g) >= 2 for g in groups)
