@@ -6,13 +6,17 @@ The steps follow LangGraph's map-reduce summarization recipe, as plain named lev
     collapse-k while the partial summaries, joined in document order, exceed the budget:
                pack consecutive summaries into groups that fit, summarize each group
     final      summarize the joined summaries once more -> the document's summary
+               (with a length target: their lead sentences instead, see below)
 
 With a length target (`summary_words`), the reduce stops as soon as the partial summaries,
 joined in document order, fit it: a long document keeps one summary per part rather than
-being squeezed into one news-length paragraph. While they are too long, each level packs
-them into about as many groups as the target holds summaries of their current length (each
-group two or more summaries, near-equal in size: see `balanced_groups`), so the last
-level's outputs, joined, come close to the target.
+being squeezed into one news-length paragraph. When they do not fit but one lead sentence
+of every part does, the summary is made of their sentences, chosen round-robin (every
+part's first, then second sentences while they fit: `select_leads`), in order, with no
+model call. Only when even the leads are too many does a collapse level run: the parts are
+packed into about as many groups as the target holds lead sentences (each group two or
+more parts, near-equal in size: `balanced_groups`), each group is summarized, and the
+choice is made again over the fewer, longer summaries.
 
 Two guards make it terminate on any summarizer: every collapse level must shrink the text
 (in tokens), else ReduceError; and at most `max_depth` collapse levels run, else ReduceError.
@@ -26,6 +30,7 @@ same `ReduceState` one level at a time, with each level's summaries computed on 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -164,6 +169,11 @@ class ReduceState:
         if self.target_words and count_words(joined) <= self.target_words:
             self.summary = joined  # the parts' summaries, in order, already fit the length asked
             return
+        if self.target_words:
+            selected = select_leads(texts, self.target_words, self.joiner)
+            if selected is not None:  # a lead sentence of every part fits: no model call rewrites them
+                self.summary = selected
+                return
         groups_wanted = self._groups_wanted(texts)
         if total <= self.budget and groups_wanted == 1:
             self.levels.append(ReduceLevel("final", [list(range(len(texts)))], [joined], total))
@@ -181,15 +191,15 @@ class ReduceState:
         self.levels.append(ReduceLevel(f"collapse-{depth + 1}", group_sources, inputs, total))
 
     def _groups_wanted(self, texts: list[str]) -> int:
-        """How many summaries the target holds at the texts' current length (1 without a target).
+        """How many parts the target holds at one lead sentence each (1 without a target).
 
         At most half the texts: every group then holds two or more, so each summary of a
         group replaces at least two and the level shrinks (a group of one would not).
         """
         if not self.target_words or len(texts) < 4:
             return 1
-        per_summary = max(1.0, sum(count_words(t) for t in texts) / len(texts))
-        return max(1, min(len(texts) // 2, int(self.target_words // per_summary)))
+        per_lead = max(1.0, sum(count_words(lead_sentence(t)) for t in texts) / len(texts))
+        return max(1, min(len(texts) // 2, int(self.target_words // per_lead)))
 
     def _cut_oversized(self, texts: list[str]) -> tuple[list[str], list[int]]:
         """Texts with any over-budget one split into pieces; pieces[i] came from texts[sources[i]]."""
@@ -209,6 +219,53 @@ class ReduceState:
             pieces.extend(parts)
             sources.extend([i] * len(parts))
         return pieces, sources
+
+
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[\"'A-Z0-9])")
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def sentences(text: str) -> list[str]:
+    """A summary's sentences: highlight lines, each split after . ! or ? before a capital."""
+    return [s.strip() for line in text.splitlines() for s in _SENTENCE_BREAK.split(line.strip()) if s.strip()]
+
+
+def lead_sentence(text: str) -> str:
+    found = sentences(text)
+    return found[0] if found else text.strip()
+
+
+def _said_already(sentence: str, said: list[set]) -> bool:
+    """Most of its longer words are in one sentence already chosen (chunks overlap)."""
+    words = {w for w in _WORD.findall(sentence.lower()) if len(w) > 3}
+    return bool(words) and any(len(words & prior) >= 0.7 * len(words) for prior in said)
+
+
+def select_leads(texts: Sequence[str], target_words: int, joiner: str = JOINER) -> Optional[str]:
+    """Each part's first sentence, then its second, ... while they fit `target_words`, in order.
+
+    A news-trained summarizer puts what matters first, and rewriting many parts into one
+    summary keeps mostly the first part (lead bias). Choosing sentences round-robin keeps
+    every stretch of the document in the summary, in the model's own words, with nothing
+    new invented. None when even one lead sentence per part does not fit.
+    """
+    parts = [sentences(t) or [t.strip()] for t in texts]
+    chosen: list[list[str]] = [[] for _ in parts]
+    said: list[set] = []
+    used = 0
+    for rank in range(max(len(p) for p in parts)):
+        for i, part in enumerate(parts):
+            if rank >= len(part) or _said_already(part[rank], said):
+                continue
+            words = count_words(part[rank])
+            if used + words > target_words:
+                if rank == 0:
+                    return None
+                continue
+            chosen[i].append(part[rank])
+            said.append({w for w in _WORD.findall(part[rank].lower()) if len(w) > 3})
+            used += words
+    return joiner.join(" ".join(c) for c in chosen if c)
 
 
 def _check_not_empty(level_name: str, summaries: Sequence[str]) -> None:

@@ -249,3 +249,35 @@ def test_balanced_groups_keep_order_fit_and_pair_small_texts(lengths, wanted):
     assert all(words(JOINER.join(texts[i] for i in g)) <= budget or len(g) == 1 for g in groups)
     if all(n <= budget // 3 for n in lengths) and wanted <= len(texts) // 2:  # small texts: pairs always fit
         assert len(groups) >= wanted and all(len(g) >= 2 for g in groups)
+
+
+def test_select_leads_keeps_every_part_in_order_then_second_sentences():
+    from mapreduce.reduce import select_leads
+
+    parts = [
+        "Alpha storm hits the coast .\nTwo towns were flooded overnight .",
+        "Beta council votes on the budget .\nThe vote was close .",
+        "Gamma team wins the final .\nFans celebrated in the streets .",
+    ]
+    leads = select_leads(parts, target_words=19)  # the three leads: 6 + 7 + 6 words (" ." counts)
+    assert leads == JOINER.join(["Alpha storm hits the coast .", "Beta council votes on the budget .",
+                                 "Gamma team wins the final ."])
+    more = select_leads(parts, target_words=25)  # room for one second sentence: the first part's
+    assert more.split(JOINER)[0] == "Alpha storm hits the coast . Two towns were flooded overnight ."
+    assert select_leads(parts, target_words=12) is None  # not every part's lead fits
+
+
+def test_select_leads_skips_a_sentence_an_overlapping_chunk_already_gave():
+    from mapreduce.reduce import select_leads
+
+    parts = ["Police arrested three suspects after the robbery .", "Police arrested three suspects after robbery .",
+             "Stolen paintings were found in a warehouse ."]
+    assert select_leads(parts, 100) == JOINER.join([parts[0], parts[2]])
+
+
+def test_a_target_keeps_one_lead_per_part_without_rewriting_them():
+    summaries = [f"M{i:03d} town{i} votes budget{i} .\nA second sentence of detail follows ." for i in range(12)]
+    fake = Recorder(keep_markers)
+    state = reduce_summaries(summaries, fake, words, budget=100, max_depth=4, target_words=60)
+    assert fake.calls == []  # 12 leads x 5 words fit 60 words: no model call
+    assert MARKER.findall(state.summary) == [f"M{i:03d}" for i in range(12)]
