@@ -241,6 +241,13 @@ def _said_already(sentence: str, said: list[set]) -> bool:
     return bool(words) and any(len(words & prior) >= 0.7 * len(words) for prior in said)
 
 
+def _complete(found: list[str]) -> list[str]:
+    """Without a last sentence that the token limit cut off mid-way (unless it is the only one)."""
+    if len(found) > 1 and not found[-1].rstrip("\"'”’)").endswith((".", "!", "?")):
+        return found[:-1]
+    return found
+
+
 def select_leads(texts: Sequence[str], target_words: int, joiner: str = JOINER) -> Optional[str]:
     """Each part's first sentence, then its second, ... while they fit `target_words`, in order.
 
@@ -249,7 +256,7 @@ def select_leads(texts: Sequence[str], target_words: int, joiner: str = JOINER) 
     every stretch of the document in the summary, in the model's own words, with nothing
     new invented. None when even one lead sentence per part does not fit.
     """
-    parts = [sentences(t) or [t.strip()] for t in texts]
+    parts = [_complete(sentences(t)) or [t.strip()] for t in texts]
     chosen: list[list[str]] = [[] for _ in parts]
     said: list[set] = []
     used = 0

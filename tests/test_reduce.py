@@ -281,3 +281,11 @@ def test_a_target_keeps_one_lead_per_part_without_rewriting_them():
     state = reduce_summaries(summaries, fake, words, budget=100, max_depth=4, target_words=60)
     assert fake.calls == []  # 12 leads x 5 words fit 60 words: no model call
     assert MARKER.findall(state.summary) == [f"M{i:03d}" for i in range(12)]
+
+
+def test_select_leads_drops_a_sentence_the_token_limit_cut_off():
+    from mapreduce.reduce import select_leads
+
+    parts = ["Storm hits the coast . Towns were flooded and the", "Council votes on the budget ."]
+    assert select_leads(parts, 100) == JOINER.join(["Storm hits the coast .", "Council votes on the budget ."])
+    assert select_leads(["Only a cut-off sentence and"], 100) == "Only a cut-off sentence and"
