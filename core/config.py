@@ -373,7 +373,18 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 # --- command-line flags ---------------------------------------------------------------
 
-_FLAG_HELP = "overrides config key '{key}' ({type}; default {default!r})"
+_FLAG_HELP = "overrides config key '{key}' ({type}; {default!r} unless a --config sets it)"
+# what a flag means, where the key name alone does not say it; shown before _FLAG_HELP
+KEY_HELP = {
+    "summary_words": "about how many words a long document's summary may have: the reduce keeps the parts' "
+                     "summaries (or one lead sentence of each, in order) while they fit, and collapses them "
+                     "only when even the leads do not; 0 = reduce to one news-length summary.",
+    "chunk_size": "tokens of document text per map chunk (must fit the prompt budget with the template).",
+    "chunk_overlap": "tokens two neighbouring chunks share, so no sentence is lost at a cut.",
+    "reduce_template": "prompt for summarizing joined partial summaries (must hold {article}); unset = the "
+                       "training prompt_template.",
+    "max_length": "tokens of prompt + summary; the prompt budget is max_length - max_new_tokens.",
+}
 
 
 def _parse_bool(text: str) -> bool:
@@ -434,7 +445,8 @@ def add_config_flags(
                 default=argparse.SUPPRESS,
                 **extra,
                 metavar=_describe(hint).split(" ")[0].upper(),
-                help=_FLAG_HELP.format(key=key, type=_describe(hint), default=default).replace("%", "%%"),
+                help=(KEY_HELP.get(key, "").replace("{", "{{").replace("}", "}}") + " " + _FLAG_HELP).strip()
+                .format(key=key, type=_describe(hint), default=default).replace("%", "%%"),
             )
 
 
