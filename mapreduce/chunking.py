@@ -65,6 +65,9 @@ def check_chunk_budget(tokenizer, cfg: Config) -> None:
         check_template_fits(tokenizer, template, cfg.prompt_budget, f"{name}: chunk_size ({size})", room=size)
 
 
+PARAGRAPH_BREAK = "\n\n"  # a core after one starts a chunk of its own, without overlap
+
+
 class Chunker:
     """Token-sized, overlapping, span-tracking chunks that fit the prompt of every template given."""
 
@@ -179,13 +182,16 @@ class Chunker:
 
         The splitter cuts disjoint cores of chunk_size - chunk_overlap tokens; each chunk is
         its core plus the tail of the previous core, so the overlap holds even where the
-        splitter's own overlap would vanish (a long line, a piece split again).
+        splitter's own overlap would vanish (a long line, a piece split again). A core that
+        opens a new paragraph gets no overlap: the text is already broken there, and a
+        news-trained summarizer would take the previous paragraph's last lines for the lead
+        (on joined articles, every article but the first opened with its predecessor's tail).
         """
         cores = self._cores(text, 0, self.chunk_size - self.chunk_overlap)
         chunks: list[Chunk] = []
         for i, (core_start, end) in enumerate(cores):
             start = core_start
-            if i and self.chunk_overlap:
+            if i and self.chunk_overlap and PARAGRAPH_BREAK not in text[cores[i - 1][1] : core_start]:
                 start = self._overlap_start(text, cores[i - 1])
             while True:
                 start += len(text[start:end]) - len(text[start:end].lstrip())

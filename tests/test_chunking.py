@@ -12,7 +12,7 @@ from core.config import ConfigError, load_config
 from core.prompt import DEFAULT_TEMPLATE, build_prompt_ids, template_token_count
 from mapreduce.chunking import Chunker, check_chunk_budget, reduce_template
 
-from conftest import LONGDOCS
+from conftest import CNNDM_TEST, LONGDOCS
 
 
 def _long_document(min_tokens=9500, max_tokens=10500) -> str:
@@ -68,6 +68,8 @@ def test_overlap_holds(qwen_tokenizer, long_text):
     assert_valid_chunks(qwen_tokenizer, long_text, chunks, cfg)
     overlaps = []
     for a, b in zip(chunks, chunks[1:]):
+        if "\n\n" in long_text[a.end:b.start + 1]:
+            continue  # a new paragraph starts a chunk without overlap (see the next test)
         assert b.start < a.end, "consecutive chunks must share text"
         overlaps.append(chunker.count_tokens(long_text[b.start:a.end]))
     # shared text is about chunk_overlap tokens: never much more, and not nothing
@@ -160,3 +162,23 @@ def test_a_document_whose_prompt_fits_is_one_whole_chunk(qwen_tokenizer):
     assert len(chunker.split(text)) > 1  # the splitter alone would have cut it
     longer = text + words
     assert chunker.whole(longer, DEFAULT_TEMPLATE, budget) is None
+
+
+def test_a_new_paragraph_opens_its_chunk_without_the_previous_tail(qwen_tokenizer):
+    """Joined news articles: each article's first words open a chunk, not the last one's tail."""
+    articles = []
+    with open(CNNDM_TEST) as f:
+        for line in f:
+            articles.append(json.loads(line)["article"].replace("\n\n", " "))
+            if len(articles) == 4:
+                break
+    text = "\n\n".join(articles)
+    cfg = load_config(None, {"chunk_size": 300, "chunk_overlap": 60, "max_length": 512, "max_new_tokens": 64})
+    chunks = Chunker.from_config(qwen_tokenizer, cfg).split(text)
+    assert_valid_chunks(qwen_tokenizer, text, chunks, cfg)
+    starts = {c.start for c in chunks}
+    for article in articles[1:]:
+        assert text.index(article) in starts
+    # inside an article, chunks still overlap
+    inside = [(a, b) for a, b in zip(chunks, chunks[1:]) if "\n\n" not in text[a.start:b.end]]
+    assert inside and all(b.start < a.end for a, b in inside)
