@@ -223,6 +223,7 @@ class ReduceState:
 
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[\"'A-Z0-9])")
 _WORD = re.compile(r"[a-z0-9]+")
+_SPEAKER = re.compile(r"^[A-Z][\w .'-]{0,30}:\s")  # "Project Manager: " opening a transcript line
 
 
 def sentences(text: str) -> list[str]:
@@ -237,15 +238,26 @@ def lead_sentence(text: str) -> str:
 
 def _said_already(sentence: str, said: list[set]) -> bool:
     """Most of its longer words are in one sentence already chosen (chunks overlap)."""
-    words = {w for w in _WORD.findall(sentence.lower()) if len(w) > 3}
+    words = _long_words(sentence)
     return bool(words) and any(len(words & prior) >= 0.7 * len(words) for prior in said)
 
 
-def _complete(found: list[str]) -> list[str]:
-    """Without a last sentence that the token limit cut off mid-way (unless it is the only one)."""
-    if len(found) > 1 and not found[-1].rstrip("\"'”’)").endswith((".", "!", "?")):
-        return found[:-1]
-    return found
+def _long_words(sentence: str) -> set[str]:
+    return {w for w in _WORD.findall(sentence.lower()) if len(w) > 3}
+
+
+def _worth_keeping(found: list[str]) -> list[str]:
+    """The sentences worth a place, in order (all of them if none is).
+
+    Left out: a last sentence the token limit cut off mid-way, and fillers with fewer than
+    three longer words besides a speaker label ("Project Manager: Yeah.", "One, two, one,
+    two."), which a summary of a meeting transcript copies from it.
+    """
+    kept = list(found)
+    if len(kept) > 1 and not kept[-1].rstrip("\"'”’)").endswith((".", "!", "?")):
+        kept = kept[:-1]
+    informative = [s for s in kept if len(_long_words(_SPEAKER.sub("", s))) >= 3]
+    return informative or kept
 
 
 def select_leads(texts: Sequence[str], target_words: int, joiner: str = JOINER) -> Optional[str]:
@@ -256,7 +268,7 @@ def select_leads(texts: Sequence[str], target_words: int, joiner: str = JOINER) 
     every stretch of the document in the summary, in the model's own words, with nothing
     new invented. None when even one lead sentence per part does not fit.
     """
-    parts = [_complete(sentences(t)) or [t.strip()] for t in texts]
+    parts = [_worth_keeping(sentences(t)) or [t.strip()] for t in texts]
     chosen: list[list[str]] = [[] for _ in parts]
     said: list[set] = []
     used = 0
@@ -270,7 +282,7 @@ def select_leads(texts: Sequence[str], target_words: int, joiner: str = JOINER) 
                     return None
                 continue
             chosen[i].append(part[rank])
-            said.append({w for w in _WORD.findall(part[rank].lower()) if len(w) > 3})
+            said.append(_long_words(part[rank]))
             used += words
     return joiner.join(" ".join(c) for c in chosen if c)
 

@@ -289,3 +289,11 @@ def test_select_leads_drops_a_sentence_the_token_limit_cut_off():
     parts = ["Storm hits the coast . Towns were flooded and the", "Council votes on the budget ."]
     assert select_leads(parts, 100) == JOINER.join(["Storm hits the coast .", "Council votes on the budget ."])
     assert select_leads(["Only a cut-off sentence and"], 100) == "Only a cut-off sentence and"
+
+
+def test_select_leads_passes_over_fillers_a_transcript_summary_copies():
+    from mapreduce.reduce import select_leads
+
+    parts = ["Project Manager: Yeah. The team agreed the remote needs a rubber case .", "One, two, one, two."]
+    assert select_leads(parts, 100) == JOINER.join(["The team agreed the remote needs a rubber case .",
+                                                     "One, two, one, two."])  # a part with only filler keeps it
