@@ -216,16 +216,24 @@ def test_ray_job_submit_smoke(tmp_path, tiny_model_dir):
     ray_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # unix socket paths must stay short
     env = dict(os.environ, RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", RAY_ADDRESS="")
     env.pop("RAY_ADDRESS")
-    start = subprocess.run(
-        [ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
-         "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
-        env=env, capture_output=True, text=True, timeout=180,
-    )
-    assert start.returncode == 0, start.stderr[-2000:]
+    # --block: this head dies with its process, so the test never touches another Ray on the
+    # machine (`ray stop --force` would stop every Ray cluster of this user)
+    head_log = tmp_path / "ray_start.log"
+    with open(head_log, "w") as log:
+        head = subprocess.Popen(
+            [ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
+             "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={ray_tmp}", "--block"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+        )
     try:
+        for _ in range(180):
+            if "block forever" in head_log.read_text() or head.poll() is not None:
+                break
+            time.sleep(1)
+        assert head.poll() is None, head_log.read_text()[-2000:]
         cmd = [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={REPO}", "--",
                sys.executable, "-m", "mapreduce.batch", *_args(tiny_model_dir, corpus, out, "--num-workers", "1")]
-        for _ in range(30):  # the head's job agent takes a while to come up after `ray start`
+        for _ in range(60):  # the head's job agent takes a while to come up after `ray start`
             submit = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
             if "No available agent" not in submit.stderr:
                 break
@@ -236,5 +244,9 @@ def test_ray_job_submit_smoke(tmp_path, tiny_model_dir):
         assert Counter(r["id"] for r in records) == Counter(ids)
         assert all(r["status"] == "ok" for r in records)
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        head.terminate()
+        try:
+            head.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            head.kill()
         shutil.rmtree(ray_tmp, ignore_errors=True)
