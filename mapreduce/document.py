@@ -175,6 +175,7 @@ class DocumentJob:
     started: float = field(default_factory=time.perf_counter)
     chunks: list = field(default_factory=list)
     chunking_s: float = 0.0
+    document_tokens: Optional[int] = None  # counted once, in open(), for the size check and the result
     levels: list[tuple[ReduceLevel, str]] = field(default_factory=list)  # (level, template kind)
     reduce: Optional[ReduceState] = None
     level_no: int = -1
@@ -193,7 +194,8 @@ class DocumentJob:
         steps = self.steps
         if not isinstance(self.text, str) or not self.text.strip():
             raise ValueError("document is empty")
-        check_document_size(steps.chunker.count_tokens(self.text), steps.cfg)
+        self.document_tokens = steps.chunker.count_tokens(self.text)
+        check_document_size(self.document_tokens, steps.cfg)
         t0 = time.perf_counter()
         self.chunks = steps.chunk(self.text)
         self.chunking_s = time.perf_counter() - t0
@@ -265,6 +267,11 @@ class DocumentJob:
         self.steps.on_progress(Progress("finished", self.doc_id, error=error))
         return self.result
 
+    def _document_tokens(self) -> int:
+        if self.document_tokens is None:  # open() stopped before counting (an empty or non-text document)
+            self.document_tokens = self.steps.chunker.count_tokens(self.text) if isinstance(self.text, str) else 0
+        return self.document_tokens
+
     def _result(self, error: Optional[str]) -> DocumentResult:
         steps = self.steps
         chunker = steps.chunker
@@ -280,7 +287,7 @@ class DocumentJob:
             summary=summary,
             error=error,
             tokens={
-                "document": chunker.count_tokens(self.text) if isinstance(self.text, str) else 0,
+                "document": self._document_tokens(),
                 "chunks": len(self.chunks),
                 "chunk_tokens": sum(c.tokens for c in self.chunks),
                 "summary": chunker.count_tokens(summary) if summary is not None else None,

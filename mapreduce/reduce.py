@@ -236,9 +236,8 @@ def lead_sentence(text: str) -> str:
     return found[0] if found else text.strip()
 
 
-def _said_already(sentence: str, said: list[set]) -> bool:
-    """Most of its longer words are in one sentence already chosen (chunks overlap)."""
-    words = _long_words(sentence)
+def _said_already(words: set[str], said: list[set]) -> bool:
+    """Most of a sentence's longer words are in one sentence already chosen (chunks overlap)."""
     return bool(words) and any(len(words & prior) >= 0.7 * len(words) for prior in said)
 
 
@@ -274,7 +273,10 @@ def select_leads(texts: Sequence[str], target_words: int, joiner: str = JOINER) 
     used = 0
     for rank in range(max(len(p) for p in parts)):
         for i, part in enumerate(parts):
-            if rank >= len(part) or _said_already(part[rank], said):
+            if rank >= len(part):
+                continue
+            long_words = _long_words(part[rank])
+            if _said_already(long_words, said):
                 continue
             words = count_words(part[rank])
             if used + words > target_words:
@@ -282,7 +284,7 @@ def select_leads(texts: Sequence[str], target_words: int, joiner: str = JOINER) 
                     return None
                 continue
             chosen[i].append(part[rank])
-            said.append(_long_words(part[rank]))
+            said.append(long_words)
             used += words
     return joiner.join(" ".join(c) for c in chosen if c)
 
