@@ -124,6 +124,9 @@ class MapReduceConfig:
     # about how long a long document's summary may be, in words: the reduce stops once the
     # parts' summaries, joined in order, fit it (0: reduce to one news-length summary)
     summary_words: int = 0
+    # leave out a chunk summary's sentence when less than this share of its content words occur
+    # in the chunk (an invented sentence; 0: keep every sentence)
+    min_support: float = 0.5
     max_reduce_depth: int = 4
     num_workers: Optional[int] = None  # None: one per GPU, or one on CPU
     num_gpus_per_worker: float = 1.0
@@ -291,6 +294,8 @@ def _check_values(cfg: Config) -> None:
     for key in ("call_timeout_s", "start_timeout_s", "max_document_tokens"):
         if getattr(mr, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0 (0: no limit), got {getattr(mr, key)}")
+    if not 0 <= mr.min_support <= 1:
+        raise ConfigError(f"config key 'min_support' must be in [0, 1] (0: keep every sentence), got {mr.min_support}")
     if mr.summary_words < 0:
         raise ConfigError(f"config key 'summary_words' must be >= 0 (0: one short summary), got {mr.summary_words}")
     if mr.num_workers is not None and mr.num_workers <= 0:
@@ -377,8 +382,11 @@ _FLAG_HELP = "overrides config key '{key}' ({type}; {default!r} unless a --confi
 # what a flag means, where the key name alone does not say it; shown before _FLAG_HELP
 KEY_HELP = {
     "summary_words": "about how many words a long document's summary may have: the reduce keeps the parts' "
-                     "summaries (or one lead sentence of each, in order) while they fit, and collapses them "
-                     "only when even the leads do not; 0 = reduce to one news-length summary.",
+                     "summaries while they fit, else their lead sentences (round-robin, then the leads that add "
+                     "the most new content words), in document order, with no model call; 0 = reduce to one "
+                     "news-length summary.",
+    "min_support": "leave out a chunk summary's sentence when less than this share of its content words "
+                   "occurs in the chunk (an invented sentence); 0 = keep every sentence.",
     "chunk_size": "tokens of document text per map chunk (must fit the prompt budget with the template).",
     "chunk_overlap": "tokens two neighbouring chunks share, so no sentence is lost at a cut.",
     "reduce_template": "prompt for summarizing joined partial summaries (must hold {article}); unset = the "

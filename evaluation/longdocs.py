@@ -68,6 +68,7 @@ from typing import Callable, Iterable, Optional
 from core.config import Config, ConfigError, add_config_flags, config_from_args
 from core.data import DataError
 from core.errors import UserError, typed_line
+from core.text import content_words
 from evaluation.generations_log import AppendLog, read_records
 from evaluation.report import _fmt, _no_nan  # one number format and strict-JSON rule for both reports
 
@@ -83,17 +84,6 @@ JOINER = "\n\n"
 DEFAULT_LONGDOCS = "../shared/data/longdocs/longdocs.jsonl"
 DEFAULT_TEST_FILE = "../shared/data/cnndm/test.jsonl"
 DEFAULT_OUT_DIRS = {"longdocs": "outputs/longdocs", "joined": "outputs/longdocs_joined"}
-# a small English function-word list: coverage should hinge on names, numbers and events
-STOPWORDS = frozenset(
-    """a about above after again against all also am an and any are as at be because been before
-    being below between both but by can could did do does doing down during each few for from
-    further had has have having he her here hers herself him himself his how i if in into is it
-    its itself just me more most my myself no nor not now of off on once only or other our ours
-    ourselves out over own same she should so some such than that the their theirs them
-    themselves then there these they this those through to too under until up very was we were
-    what when where which while who whom why will with would you your yours yourself yourselves
-    s t d ll m re ve""".split()
-)
 
 
 @dataclass
@@ -211,24 +201,6 @@ def load_joined(path: Path, tokenizer, min_tokens: int, max_tokens: int, limit: 
 
 
 # --- coverage -------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def _stemmer():
-    from nltk.stem.porter import PorterStemmer
-
-    return PorterStemmer()  # the stemmer rouge_score uses
-
-
-@lru_cache(maxsize=None)
-def _stem(word: str) -> str:
-    return _stemmer().stem(word)
-
-
-def content_words(text: str, stem: bool = True) -> list[str]:
-    """Lowercased alphanumeric tokens without stopwords (stemmed): what a summary must carry."""
-    words = [w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOPWORDS]
-    return [_stem(w) for w in words] if stem else words
 
 
 def content_recall(reference: str, summary: str) -> Optional[float]:

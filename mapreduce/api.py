@@ -84,7 +84,7 @@ class Summarizer:
             if not first.outputs[0].strip():
                 raise ReduceError("the model returned an empty summary")
             return Summary(first.outputs[0], chunks, [first])
-        state = steps.start_reduce(first.outputs)
+        state = steps.start_reduce(first.outputs, chunks)
         while not state.done:
             state.accept(self._generate(state.pending, steps.reduce_template))
         return Summary(state.summary, chunks, [first] + state.levels)

@@ -99,6 +99,8 @@ def setup_fingerprint(cfg: Config) -> str:
         "chunk_size": cfg.mapreduce.chunk_size,
         "chunk_overlap": cfg.mapreduce.chunk_overlap,
         "max_reduce_depth": cfg.mapreduce.max_reduce_depth,
+        "summary_words": cfg.mapreduce.summary_words,
+        "min_support": cfg.mapreduce.min_support,
     }
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:12]

@@ -121,11 +121,12 @@ class DocumentSteps:
         name = "final" if len(chunks) == 1 else "map"
         return ReduceLevel(name, [[c.index] for c in chunks], [c.text for c in chunks], sum(c.tokens for c in chunks))
 
-    def start_reduce(self, summaries: Sequence[str]) -> ReduceState:
-        """The reduce of the map level's summaries (ReduceError if there is nothing to reduce)."""
+    def start_reduce(self, summaries: Sequence[str], chunks: Sequence["Chunk"]) -> ReduceState:
+        """The reduce of the map level's summaries of `chunks` (ReduceError if there is nothing to reduce)."""
         mr = self.cfg.mapreduce
         return ReduceState.start(summaries, self.count_tokens, mr.chunk_size, mr.max_reduce_depth,
-                                 split=self.chunker.split_text, target_words=mr.summary_words)
+                                 split=self.chunker.split_text, target_words=mr.summary_words,
+                                 sources=[c.text for c in chunks], min_support=mr.min_support)
 
     def start(self, doc_id: str, text: str, seq: int = 0) -> "DocumentJob":
         return DocumentJob(self, seq, str(doc_id), text)
@@ -248,7 +249,7 @@ class DocumentJob:
                 _check_not_empty(level, steps.cfg.model.adapter)
                 self.closed = True
                 return []
-            self.reduce = steps.start_reduce(outputs)
+            self.reduce = steps.start_reduce(outputs, self.chunks)
             if self.reduce.done:  # the map summaries, joined, already fit summary_words
                 self.closed = True
                 return []
@@ -301,5 +302,7 @@ class DocumentJob:
                 "chunk_overlap": chunker.chunk_overlap,
                 "chunks": [c.span_dict() for c in self.chunks],
                 "levels": [dict(lv.to_dict(steps.count_tokens), template=kind) for lv, kind in self.levels],
+                # map sentences left out because their chunk does not back them (mapreduce.min_support)
+                "unsupported": list(self.reduce.unsupported) if self.reduce is not None else [],
             },
         )

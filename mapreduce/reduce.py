@@ -6,22 +6,23 @@ The steps follow LangGraph's map-reduce summarization recipe, as plain named lev
     collapse-k while the partial summaries, joined in document order, exceed the budget:
                pack consecutive summaries into groups that fit, summarize each group
     final      summarize the joined summaries once more -> the document's summary
-               (with a length target: their lead sentences instead, see below)
 
-With a length target (`summary_words`), the reduce stops as soon as the partial summaries,
-joined in document order, fit it: a long document keeps one summary per part rather than
-being squeezed into one news-length paragraph. When they do not fit but one lead sentence
-of every part does, the summary is made of their sentences, chosen round-robin (every
-part's first, then second sentences while they fit: `select_leads`), in order, with no
-model call. Only when even the leads are too many does a collapse level run: the parts are
-packed into about as many groups as the target holds lead sentences (each group two or
-more parts, near-equal in size: `balanced_groups`), each group is summarized, and the
-choice is made again over the fewer, longer summaries.
+Before anything, a map summary's sentences that its chunk does not back (fewer than
+`min_support` of their content words occur in the chunk: the small model writing a news item
+it learned) are left out and kept aside in `unsupported`.
 
-Two guards make it terminate on any summarizer: every collapse level must shrink the text
-(in tokens), else ReduceError; and at most `max_depth` collapse levels run, else ReduceError.
-A single summary longer than the budget is cut by `split` (the chunker) into pieces that
-fit, in order, rather than truncated; with no `split` it is a ReduceError.
+With a length target (`summary_words`), no model rewrites the parts: the summary is made of
+their sentences, in document order (`select_sentences`). While they fit, all of them; else
+one lead sentence of every part, then second sentences, round-robin, while they fit; and when
+not even the leads all fit, the leads that add the most content words not said yet. Measured
+on joined news articles, a model collapse of the parts kept mostly the first of each group
+(lead bias) and covered fewer articles. Only a target below one lead sentence falls back to
+the collapse and final levels.
+
+Two guards make a collapse terminate on any summarizer: every collapse level must shrink the
+text (in tokens), else ReduceError; and at most `max_depth` collapse levels run, else
+ReduceError. A single summary longer than the budget is cut by `split` (the chunker) into
+pieces that fit, in order, rather than truncated; with no `split` it is a ReduceError.
 
 No Ray and no model here: the logic takes a token counter and, for the synchronous
 `reduce_summaries`, a `summarize(list[str]) -> list[str]` callable. The engine drives the
@@ -35,8 +36,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
 from core.errors import UserError
+from core.text import content_words
 
 JOINER = "\n\n"  # partial summaries are joined as paragraphs, in document order
+MIN_CONTENT_WORDS = 4  # fewer, and a sentence says little ("Magnan gulped audibly.", "Yeah.")
 
 CountTokens = Callable[[str], int]
 Summarize = Callable[[list[str]], list[str]]
@@ -119,16 +122,38 @@ class ReduceState:
     target_words: int = 0  # 0: one final summary; else stop once the joined summaries fit
     levels: list[ReduceLevel] = field(default_factory=list)
     summary: Optional[str] = None
+    unsupported: list[str] = field(default_factory=list)  # map sentences left out: their chunk does not back them
 
     @classmethod
     def start(cls, summaries: Sequence[str], count_tokens: CountTokens, budget: int, max_depth: int,
-              split: Optional[Split] = None, joiner: str = JOINER, target_words: int = 0) -> "ReduceState":
+              split: Optional[Split] = None, joiner: str = JOINER, target_words: int = 0,
+              sources: Optional[Sequence[str]] = None, min_support: float = 0.0) -> "ReduceState":
+        """`sources[i]` is the chunk `summaries[i]` summarizes: with `min_support`, a sentence
+        sharing fewer of its content words with its chunk is left out (`unsupported`)."""
         state = cls(count_tokens, budget, max_depth, split, joiner, target_words)
         if not summaries:
             raise ReduceError("nothing to reduce: no partial summaries")
         _check_not_empty("map", summaries)
+        if sources is not None and min_support > 0:
+            summaries = state._keep_supported(summaries, sources, min_support)
         state._plan(list(summaries))
         return state
+
+    def _keep_supported(self, summaries: Sequence[str], sources: Sequence[str], min_support: float) -> list[str]:
+        """The summaries without the sentences their chunk does not back; a summary left with
+        none drops out. If no summary keeps a sentence, all are kept as they are."""
+        if len(sources) != len(summaries):
+            raise ReduceError(f"got {len(sources)} sources for {len(summaries)} summaries")
+        kept_texts, unsupported = [], []
+        for summary, source in zip(summaries, sources):
+            kept, dropped = supported_sentences(summary, source, min_support)
+            unsupported.extend(dropped)
+            if kept:
+                kept_texts.append(" ".join(kept))
+        if not kept_texts:
+            return list(summaries)
+        self.unsupported = unsupported
+        return kept_texts
 
     @property
     def done(self) -> bool:
@@ -170,12 +195,11 @@ class ReduceState:
             self.summary = joined  # the parts' summaries, in order, already fit the length asked
             return
         if self.target_words:
-            selected = select_leads(texts, self.target_words, self.joiner)
-            if selected is not None:  # a lead sentence of every part fits: no model call rewrites them
+            selected = select_sentences(texts, self.target_words, self.joiner)
+            if selected is not None:  # lead sentences chosen from the parts: no model call rewrites them
                 self.summary = selected
                 return
-        groups_wanted = self._groups_wanted(texts)
-        if total <= self.budget and groups_wanted == 1:
+        if total <= self.budget:
             self.levels.append(ReduceLevel("final", [list(range(len(texts)))], [joined], total))
             return
         depth = sum(1 for lv in self.levels if lv.name.startswith("collapse"))
@@ -185,21 +209,10 @@ class ReduceState:
                 "(max_reduce_depth)"
             )
         pieces, sources = self._cut_oversized(texts)
-        groups = balanced_groups(pieces, self.count_tokens, self.budget, groups_wanted, self.joiner)
+        groups = balanced_groups(pieces, self.count_tokens, self.budget, 1, self.joiner)
         inputs = [self.joiner.join(pieces[j] for j in g) for g in groups]
         group_sources = [sorted({sources[j] for j in g}) for g in groups]
         self.levels.append(ReduceLevel(f"collapse-{depth + 1}", group_sources, inputs, total))
-
-    def _groups_wanted(self, texts: list[str]) -> int:
-        """How many parts the target holds at one lead sentence each (1 without a target).
-
-        At most half the texts: every group then holds two or more, so each summary of a
-        group replaces at least two and the level shrinks (a group of one would not).
-        """
-        if not self.target_words or len(texts) < 4:
-            return 1
-        per_lead = max(1.0, sum(count_words(lead_sentence(t)) for t in texts) / len(texts))
-        return max(1, min(len(texts) // 2, int(self.target_words // per_lead)))
 
     def _cut_oversized(self, texts: list[str]) -> tuple[list[str], list[int]]:
         """Texts with any over-budget one split into pieces; pieces[i] came from texts[sources[i]]."""
@@ -221,7 +234,11 @@ class ReduceState:
         return pieces, sources
 
 
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[\"'A-Z0-9])")
+# after . ! or ? (or one closing quote or bracket after them), before a capital, digit or
+# opening quote; not after a title such as "Mr." ("Mr. Magnan" is one sentence)
+_SENTENCE_BREAK = re.compile(
+    r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)]))(?<!\b(?:Mr|Ms|Dr|St|Jr|Sr)\.)(?<!\bMrs\.)\s+(?=[\"'“‘A-Z0-9])"
+)
 _WORD = re.compile(r"[a-z0-9]+")
 _SPEAKER = re.compile(r"^[A-Z][\w .'-]{0,30}:\s")  # "Project Manager: " opening a transcript line
 
@@ -255,23 +272,40 @@ def _worth_keeping(found: list[str]) -> list[str]:
     kept = list(found)
     if len(kept) > 1 and not kept[-1].rstrip("\"'”’)").endswith((".", "!", "?")):
         kept = kept[:-1]
-    informative = [s for s in kept if len(_long_words(_SPEAKER.sub("", s))) >= 3]
+    informative = [s for s in kept if len(set(content_words(_SPEAKER.sub("", s)))) >= MIN_CONTENT_WORDS]
     return informative or kept
 
 
-def select_leads(texts: Sequence[str], target_words: int, joiner: str = JOINER) -> Optional[str]:
-    """Each part's first sentence, then its second, ... while they fit `target_words`, in order.
+def select_sentences(texts: Sequence[str], target_words: int, joiner: str = JOINER) -> Optional[str]:
+    """Sentences of the parts' summaries that fit `target_words`, in document order; no model call.
 
     A news-trained summarizer puts what matters first, and rewriting many parts into one
-    summary keeps mostly the first part (lead bias). Choosing sentences round-robin keeps
-    every stretch of the document in the summary, in the model's own words, with nothing
-    new invented. None when even one lead sentence per part does not fit.
+    summary keeps mostly the first part (lead bias: measured, a model collapse of joined
+    articles covered 68% of them where this choice covers more). When one lead sentence of
+    every part fits, each part's first sentence, then its second, ... are taken round-robin
+    (`select_leads`). When they do not, the leads that add the most content words not said
+    yet are chosen (`most_informative_leads`): a stretch told twice (an article split over
+    two chunks) gives one sentence, and distinct stretches each get theirs. None when not
+    even one lead fits.
     """
     parts = [_worth_keeping(sentences(t)) or [t.strip()] for t in texts]
+    leads = select_leads(parts, target_words)
+    if leads is None:
+        leads = most_informative_leads(parts, target_words)
+    if not any(leads):
+        return None
+    return joiner.join(" ".join(chosen) for chosen in leads if chosen)
+
+
+def select_leads(parts: Sequence[Sequence[str]], target_words: int) -> Optional[list[list[str]]]:
+    """Per part, its sentences taken round-robin while they fit (None when not every lead fits).
+
+    A sentence mostly said already (overlapping chunks repeat themselves) is passed over.
+    """
     chosen: list[list[str]] = [[] for _ in parts]
     said: list[set] = []
     used = 0
-    for rank in range(max(len(p) for p in parts)):
+    for rank in range(max((len(p) for p in parts), default=0)):
         for i, part in enumerate(parts):
             if rank >= len(part):
                 continue
@@ -286,7 +320,55 @@ def select_leads(texts: Sequence[str], target_words: int, joiner: str = JOINER) 
             chosen[i].append(part[rank])
             said.append(long_words)
             used += words
-    return joiner.join(" ".join(c) for c in chosen if c)
+    return chosen
+
+
+def most_informative_leads(parts: Sequence[Sequence[str]], target_words: int) -> list[list[str]]:
+    """Per part, its lead sentence or nothing: greedily, the lead with the most content words not
+    yet covered per word it costs, while leads fit (budgeted maximum coverage). Between equal
+    gains, the lead farthest from those already chosen, so no stretch is left out for want of words."""
+    leads = {i: p[0] for i, p in enumerate(parts) if p}
+    words_of = {i: set(content_words(lead)) for i, lead in leads.items()}
+    chosen: dict[int, str] = {}
+    covered: set[str] = set()
+    used = 0
+    while True:
+        best, best_key = None, (0.0, 0)
+        for i, lead in leads.items():
+            cost = count_words(lead)
+            if i in chosen or used + cost > target_words:
+                continue
+            gain = len(words_of[i] - covered) / max(1, cost)
+            key = (gain, min((abs(i - j) for j in chosen), default=len(parts)))
+            if gain > 0 and key > best_key:
+                best, best_key = i, key
+        if best is None:
+            break
+        chosen[best] = leads[best]
+        covered |= words_of[best]
+        used += count_words(leads[best])
+    return [[chosen[i]] if i in chosen else [] for i in range(len(parts))]
+
+
+def support(sentence: str, source_words: set[str]) -> float:
+    """Share of a sentence's content words (stemmed, speaker label aside) that its source holds."""
+    words = set(content_words(_SPEAKER.sub("", sentence)))
+    return len(words & source_words) / len(words) if words else 1.0
+
+
+def supported_sentences(summary: str, source: str, min_support: float) -> tuple[list[str], list[str]]:
+    """(kept, dropped): the summary's sentences its source backs with >= min_support of their words.
+
+    A small news-trained model summarizing a chunk of a story or a meeting now and then writes
+    a news item it learned in training ("a new startup called Echo", "killed by a German
+    soldier in 1918"); such a sentence shares almost no content word with the chunk.
+    """
+    source_words = set(content_words(source))
+    kept: list[str] = []
+    dropped: list[str] = []
+    for sentence in sentences(summary):
+        (kept if support(sentence, source_words) >= min_support else dropped).append(sentence)
+    return kept, dropped
 
 
 def _check_not_empty(level_name: str, summaries: Sequence[str]) -> None:

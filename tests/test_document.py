@@ -116,6 +116,17 @@ def test_a_length_target_keeps_one_summary_per_part():
     assert result.summary == JOINER.join(["M000 M001", "M002 M003", "M004 M005", "M006 M007", "M008 M009"])
 
 
+def test_a_sentence_its_chunk_does_not_back_is_left_out_and_recorded():
+    def invents(texts, template):  # the markers, then a news item from nowhere
+        return [" ".join(MARKER.findall(t)) + " . Riots erupted across London overnight ." for t in texts]
+
+    result = steps(summary_words=1000).run("t", document(10), Recorder(invents))  # 5 chunks
+    assert result.ok and "Riots" not in result.summary and len(MARKER.findall(result.summary)) == 10
+    assert result.tree["unsupported"] == ["Riots erupted across London overnight ."] * 5
+    kept = steps(summary_words=1000, min_support=0).run("t", document(10), Recorder(invents))
+    assert kept.summary.count("Riots") == 5 and kept.tree["unsupported"] == []
+
+
 @pytest.mark.parametrize("text, message", [("   ", "document is empty"), (None, "document is empty")])
 def test_an_empty_document_is_an_error_result(text, message):
     fake = Recorder()
