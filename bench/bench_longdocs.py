@@ -125,10 +125,11 @@ class Tally:
                      self.generated_tokens + other.generated_tokens)
 
 
-def count_levels(levels: list[dict], template_tokens: dict[str, int], max_new_tokens: int) -> Tally:
+def count_levels(levels: list[dict], template_tokens: dict[str, int], cfg: Config) -> Tally:
     """Tokens a document's levels cost (dicts as in DocumentResult.tree["levels"]).
 
-    A level the run did not finish (outputs None) counts its prompts only.
+    A level the run did not finish (outputs None) counts its prompts only. A map output
+    is capped at `map_max_new_tokens` when it is set, every other at `max_new_tokens`.
     """
     tally = Tally()
     for level in levels:
@@ -136,7 +137,10 @@ def count_levels(levels: list[dict], template_tokens: dict[str, int], max_new_to
         tally.texts += len(level["inputs"])
         tally.prompt_tokens += sum(item["tokens"] + extra for item in level["inputs"])
         outputs = level.get("outputs") or []
-        tally.generated_tokens += sum(min(max_new_tokens, out["tokens"] + 1) for out in outputs)
+        cap = cfg.generation.max_new_tokens
+        if level["name"] == "map" and cfg.mapreduce.map_max_new_tokens:
+            cap = cfg.mapreduce.map_max_new_tokens
+        tally.generated_tokens += sum(min(cap, out["tokens"] + 1) for out in outputs)
     return tally
 
 
@@ -242,7 +246,7 @@ def run_baseline(cfg: Config, model, tokenizer, docs: list[tuple[str, str]]) -> 
                 continue
             levels = [dict(lv.to_dict(count), template="document" if j == 0 else "reduce")
                       for j, lv in enumerate(result.levels)]
-            tally += count_levels(levels, costs, cfg.generation.max_new_tokens)
+            tally += count_levels(levels, costs, cfg)
             say(f"baseline {i}/{len(docs)} {doc_id}: {len(result.chunks)} chunks, "
                 f"{'/'.join(lv.name for lv in result.levels)} in {time.perf_counter() - t0:.1f}s")
         seconds = time.perf_counter() - started
@@ -293,7 +297,7 @@ def run_engine(cfg: Config, docs: list[tuple[str, str]], opener: Optional[Callab
         costs = template_tokens(engine.chunker.tokenizer, cfg)
     tally = Tally()
     for result in results:
-        tally += count_levels((result.tree or {}).get("levels", []), costs, cfg.generation.max_new_tokens)
+        tally += count_levels((result.tree or {}).get("levels", []), costs, cfg)
     failed = [r for r in results if not r.ok]
     if failed:
         say(f"engine: {len(failed)} failed, first: {failed[0].error}")
@@ -382,13 +386,18 @@ def measure_decode(model, tokenizer, prompt: list[int], rows: int, steps: int) -
     return statistics.median(gaps), rows * len(prompt) / (clock.stamps[0] - started)
 
 
+def decode_steps(cfg: Config) -> int:
+    """Steps the decode cost is measured over: a map call's cap, as most calls are map calls."""
+    return cfg.mapreduce.map_max_new_tokens or cfg.generation.max_new_tokens
+
+
 def measure_limit(model, tokenizer, prompt: list[int], cfg: Config, threads: int) -> Limit:
     """The model's own speed on this machine with the engine's threads and decode batch."""
     rows = decode_batch(cfg)
-    say(f"limit: prefill of a {len(prompt)}-token prompt, then {cfg.generation.max_new_tokens} decode steps "
+    say(f"limit: prefill of a {len(prompt)}-token prompt, then {decode_steps(cfg)} decode steps "
         f"at {rows} rows ({threads} threads) ...")
     batch1 = measure_prefill(model, tokenizer, prompt)
-    step_s, batched = measure_decode(model, tokenizer, prompt, rows, cfg.generation.max_new_tokens)
+    step_s, batched = measure_decode(model, tokenizer, prompt, rows, decode_steps(cfg))
     return Limit(threads, rows, len(prompt), max(batch1, batched), batch1, batched, step_s)
 
 

@@ -128,6 +128,9 @@ class MapReduceConfig:
     # in the chunk (an invented sentence; 0: keep every sentence)
     min_support: float = 0.5
     max_reduce_depth: int = 4
+    # new tokens for a map call (None: generation.max_new_tokens): the reduce keeps a chunk
+    # summary's first sentences, so tokens past them are decoded for nothing
+    map_max_new_tokens: Optional[int] = None
     num_workers: Optional[int] = None  # None: one per GPU, or one on CPU
     num_gpus_per_worker: float = 1.0
     num_cpus_per_worker: float = 1.0
@@ -294,6 +297,9 @@ def _check_values(cfg: Config) -> None:
     for key in ("call_timeout_s", "start_timeout_s", "max_document_tokens"):
         if getattr(mr, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0 (0: no limit), got {getattr(mr, key)}")
+    if mr.map_max_new_tokens is not None and not 0 < mr.map_max_new_tokens <= g.max_new_tokens:
+        raise ConfigError(f"config key 'map_max_new_tokens' must be in 1..max_new_tokens ({g.max_new_tokens}), "
+                          f"got {mr.map_max_new_tokens}")
     if not 0 <= mr.min_support <= 1:
         raise ConfigError(f"config key 'min_support' must be in [0, 1] (0: keep every sentence), got {mr.min_support}")
     if mr.summary_words < 0:
@@ -385,6 +391,8 @@ KEY_HELP = {
                      "summaries while they fit, else their lead sentences (round-robin, then the leads that add "
                      "the most new content words), in document order, with no model call; 0 = reduce to one "
                      "news-length summary.",
+    "map_max_new_tokens": "new tokens for each chunk's summary (unset = max_new_tokens): the reduce keeps its "
+                          "first sentences, so a shorter cap saves decoding time.",
     "min_support": "leave out a chunk summary's sentence when less than this share of its content words "
                    "occurs in the chunk (an invented sentence); 0 = keep every sentence.",
     "chunk_size": "tokens of document text per map chunk (must fit the prompt budget with the template).",

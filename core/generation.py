@@ -204,6 +204,13 @@ def _generate_or_split(model, tokenizer, prompts, gen: GenerationConfig) -> list
         return [_generate_or_split(model, tokenizer, [p], gen)[0] for p in prompts]
 
 
+def with_max_new_tokens(gen: GenerationConfig, max_new_tokens: Optional[int]) -> GenerationConfig:
+    """The generation settings with another cap (None: unchanged); min_new_tokens stays below it."""
+    if max_new_tokens is None or max_new_tokens == gen.max_new_tokens:
+        return gen
+    return dataclasses.replace(gen, max_new_tokens=max_new_tokens, min_new_tokens=min(gen.min_new_tokens, max_new_tokens))
+
+
 def summarize_texts(model, tokenizer, texts: Sequence[str], template: str, max_prompt_tokens: int,
                     gen: GenerationConfig) -> list[str]:
     """Texts -> summaries with one template: what a map-reduce worker does for one call.

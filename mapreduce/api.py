@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Union
+from typing import Iterable, Iterator, Mapping, Optional, Union
 
 from core.config import Config, load_config
 
@@ -66,10 +66,11 @@ class Summarizer:
         model, tokenizer = load_for_inference(cfg.model)
         return cls(cfg, model, tokenizer)
 
-    def _generate(self, texts: list[str], template: str) -> list[str]:
-        from core.generation import summarize_texts
+    def _generate(self, texts: list[str], template: str, max_new_tokens: Optional[int] = None) -> list[str]:
+        from core.generation import summarize_texts, with_max_new_tokens
 
-        return summarize_texts(self.model, self.tokenizer, texts, template, self.cfg.prompt_budget, self.cfg.generation)
+        gen = with_max_new_tokens(self.cfg.generation, max_new_tokens)
+        return summarize_texts(self.model, self.tokenizer, texts, template, self.cfg.prompt_budget, gen)
 
     def summarize(self, text: str) -> Summary:
         from mapreduce.reduce import ReduceError
@@ -79,7 +80,7 @@ class Summarizer:
         steps = self.steps
         chunks = steps.chunk(text)
         first = steps.first_level(chunks)
-        first.outputs = self._generate(first.inputs, steps.doc_template)
+        first.outputs = self._generate(first.inputs, steps.doc_template, steps.max_new_tokens(first.name))
         if len(chunks) == 1:
             if not first.outputs[0].strip():
                 raise ReduceError("the model returned an empty summary")

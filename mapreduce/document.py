@@ -111,6 +111,10 @@ class DocumentSteps:
         """Tokens a text costs inside the reduce prompt (the unit of the reduce budget)."""
         return self.chunker.prompt_cost(text, self.reduce_template)
 
+    def max_new_tokens(self, level_name: str) -> Optional[int]:
+        """The cap for a level's generations: `map_max_new_tokens` for map calls, else None (the config's)."""
+        return self.cfg.mapreduce.map_max_new_tokens if level_name == "map" else None
+
     def chunk(self, text: str) -> list["Chunk"]:
         """The whole text as one chunk if its prompt fits the budget, else the chunker's split."""
         whole = self.chunker.whole(text, self.doc_template, self.cfg.prompt_budget)
@@ -155,6 +159,7 @@ class LevelInput:
     index: int
     text: str
     template: str
+    max_new_tokens: Optional[int] = None  # None: the generation config's
 
     @property
     def live(self) -> bool:
@@ -234,8 +239,9 @@ class DocumentJob:
         self.outputs = [None] * len(level.inputs)
         self.remaining = len(level.inputs)
         template = self.steps.doc_template if kind == "document" else self.steps.reduce_template
+        max_new_tokens = self.steps.max_new_tokens(level.name)
         self.steps.on_progress(Progress("level", self.doc_id, level.name, 0, len(level.inputs)))
-        return [LevelInput(self, self.level_no, i, text, template) for i, text in enumerate(level.inputs)]
+        return [LevelInput(self, self.level_no, i, text, template, max_new_tokens) for i, text in enumerate(level.inputs)]
 
     def _next_level(self) -> list[LevelInput]:
         """Record the complete level, then begin the next (or mark the job closed)."""

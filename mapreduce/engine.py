@@ -82,6 +82,11 @@ class _Item:
         return self.input.template
 
     @property
+    def call_kind(self) -> tuple:
+        """Texts batch together only with the same prompt template and token cap."""
+        return (self.input.template, self.input.max_new_tokens)
+
+    @property
     def live(self) -> bool:
         return self.input.live
 
@@ -236,7 +241,7 @@ class MapReduceEngine:
     # --- scheduling --------------------------------------------------------------------
 
     def _dispatch(self, queue: list[_Item], inflight: dict, load: list[int]) -> None:
-        """Send queued texts to free workers: oldest document first, batches of one template."""
+        """Send queued texts to free workers: oldest document first, batches of one template and cap."""
         queue[:] = [it for it in queue if it.live]
         live = [w for w in range(len(self.pool)) if self.pool.alive[w]]
         while queue and live:
@@ -250,12 +255,12 @@ class MapReduceEngine:
             else:
                 # spread a short queue over all workers rather than one big batch on one
                 size = max(1, min(self.batch_size, math.ceil(len(queue) / len(live))))
-                batch = [it for it in queue if not it.solo and it.template == head.template][:size]
+                batch = [it for it in queue if not it.solo and it.call_kind == head.call_kind][:size]
             preferred = [w for w in free if w not in head.avoid] or free
             worker = min(preferred, key=lambda w: load[w])
             taken = set(map(id, batch))
             queue[:] = [it for it in queue if id(it) not in taken]
-            ref = self.pool.submit(worker, [it.text for it in batch], head.template)
+            ref = self.pool.submit(worker, [it.text for it in batch], head.template, head.input.max_new_tokens)
             inflight[ref] = _Call(worker, batch)
             load[worker] += 1
 

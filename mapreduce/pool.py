@@ -110,11 +110,12 @@ class SummarizerWorker:
         return {"pid": os.getpid(), "device": self.device, "threads": torch.get_num_threads()}
 
     @ray.method(retry_exceptions=True)
-    def summarize(self, texts: list[str], template: str) -> list[str]:
-        from core.generation import summarize_texts
+    def summarize(self, texts: list[str], template: str, max_new_tokens: Optional[int] = None) -> list[str]:
+        from core.generation import summarize_texts, with_max_new_tokens
 
         blank = _injected_fault(texts)
-        summaries = summarize_texts(self.model, self.tokenizer, texts, template, self.max_prompt_tokens, self.gen)
+        gen = with_max_new_tokens(self.gen, max_new_tokens)
+        summaries = summarize_texts(self.model, self.tokenizer, texts, template, self.max_prompt_tokens, gen)
         return [("" if i in blank else s) for i, s in enumerate(summaries)]
 
 
@@ -187,8 +188,8 @@ class WorkerPool:
         except ray.exceptions.RayError as exc:
             raise WorkerError(f"a worker failed to start: {short_error(exc)}") from None
 
-    def submit(self, index: int, texts: list[str], template: str) -> "ray.ObjectRef":
-        return self.actors[index].summarize.remote(list(texts), template)
+    def submit(self, index: int, texts: list[str], template: str, max_new_tokens: Optional[int] = None) -> "ray.ObjectRef":
+        return self.actors[index].summarize.remote(list(texts), template, max_new_tokens)
 
     def check_alive(self, index: int, timeout: float = 300.0) -> bool:
         """After a failed call: is the actor still there (restarted) or dead for good?"""

@@ -45,11 +45,30 @@ def test_length_target_keeps_one_summary_per_part(lively_model_dir):
     assert result.summary == "\n\n".join(result.levels[0].outputs)
 
 
+def test_map_calls_stop_at_their_own_cap(lively_model_dir):
+    summarizer = Summarizer.from_config(None, base_model=str(lively_model_dir), map_max_new_tokens=2, **SETTINGS)
+    caps, generate = [], summarizer.model.generate
+
+    def recording(*args, **kwargs):
+        out = generate(*args, **kwargs)
+        caps.append((kwargs["max_new_tokens"], out.shape[1] - kwargs["input_ids"].shape[1]))
+        return out
+
+    summarizer.model.generate = recording
+    result = summarizer.summarize(_document())
+    names = [lv.name for lv in result.levels]
+    assert names[0] == "map" and names[-1] == "final"
+    assert caps[0][0] == 2 and caps[0][1] <= 2  # the map batch
+    assert caps[-1][0] == 12  # the final call keeps max_new_tokens
+
+
 def test_config_overrides_and_errors():
     cfg = resolve_config(None, chunk_size=123, chunk_overlap=5)
     assert (cfg.mapreduce.chunk_size, resolve_config(cfg, max_new_tokens=7).generation.max_new_tokens) == (123, 7)
     with pytest.raises(ValueError, match="empty"):
         Summarizer.summarize(object.__new__(Summarizer), "  ")
+    with pytest.raises(ValueError, match="map_max_new_tokens"):
+        resolve_config(None, max_new_tokens=8, map_max_new_tokens=9)
 
 
 @pytest.mark.slow

@@ -65,7 +65,7 @@ class InProcessPool:
     def __len__(self):
         return 1
 
-    def submit(self, worker, texts, template):
+    def submit(self, worker, texts, template, max_new_tokens=None):
         ref = object()
         self.sizes.append(len(texts))
         self.answers[ref] = summarize_texts(self.model, self.tokenizer, texts, template,
@@ -101,12 +101,16 @@ def test_limit_arithmetic():
 
 def test_count_levels_adds_templates_and_eos_capped():
     levels = [
-        {"template": "document", "inputs": [{"tokens": 90}, {"tokens": 50}],
+        {"name": "map", "template": "document", "inputs": [{"tokens": 90}, {"tokens": 50}],
          "outputs": [{"text": "x", "tokens": 20}, {"text": "y", "tokens": 12}]},
-        {"template": "reduce", "inputs": [{"tokens": 32}], "outputs": None},  # unfinished level
+        {"name": "final", "template": "reduce", "inputs": [{"tokens": 32}], "outputs": None},  # unfinished level
     ]
-    tally = bl.count_levels(levels, {"document": 7, "reduce": 5}, max_new_tokens=12)
+    tally = bl.count_levels(levels, {"document": 7, "reduce": 5}, load_config(None, {"max_new_tokens": 12}))
     assert tally == bl.Tally(texts=3, prompt_tokens=97 + 57 + 37, generated_tokens=12 + 12)
+    levels[1]["outputs"] = [{"text": "z", "tokens": 30}]
+    capped = load_config(None, {"max_new_tokens": 12, "map_max_new_tokens": 10})
+    tally = bl.count_levels(levels, {"document": 7, "reduce": 5}, capped)  # map outputs at 10, the final at 12
+    assert tally.generated_tokens == 10 + 10 + 12
 
 
 def test_measure_limit_on_the_tiny_model(cfg, loaded, baseline):

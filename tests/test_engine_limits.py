@@ -20,7 +20,7 @@ class HungPool:
     def __len__(self):
         return 1
 
-    def submit(self, worker, texts, template):
+    def submit(self, worker, texts, template, max_new_tokens=None):
         self.calls += 1
         return object()
 

@@ -20,14 +20,16 @@ class FakePool:
         self.alive = [True] * workers
         self.poison = poison
         self.calls: list[tuple[int, list[str], str]] = []
+        self.caps: list[object] = []  # max_new_tokens of each call
         self.answers: dict[object, object] = {}
 
     def __len__(self):
         return len(self.alive)
 
-    def submit(self, worker, texts, template):
+    def submit(self, worker, texts, template, max_new_tokens=None):
         ref = object()
         self.calls.append((worker, list(texts), template))
+        self.caps.append(max_new_tokens)
         if any(self.poison in t for t in texts):
             self.answers[ref] = ValueError("injected failure")
         else:
@@ -71,6 +73,17 @@ def test_many_documents_give_the_same_results_as_one_at_a_time(pool):
         assert (got.summary, got.error, got.tokens) == (alone.summary, alone.error, alone.tokens), doc_id
         assert [lv["name"] for lv in got.tree["levels"]] == [lv["name"] for lv in alone.tree["levels"]]
     assert all(len(texts) <= 4 for _, texts, _ in pool.calls)
+
+
+def test_map_calls_carry_their_own_token_cap_and_never_share_a_batch_with_others(pool):
+    docs = {"a": document(10), "b": document(12), "c": document(3)}  # c fits: one "final" pass
+    engine = _engine(pool, generation_batch_size=8, map_max_new_tokens=3)
+    results = {r.doc_id: r for r in engine.run(docs.items())}
+    assert all(r.ok for r in results.values())
+    chunks = {c.text for doc in ("a", "b") for c in WordChunker(20).split(docs[doc])}
+    for (_, texts, _), cap in zip(pool.calls, pool.caps):
+        assert cap == (3 if set(texts) <= chunks else None), texts  # a batch is all map texts or none
+    assert 3 in pool.caps and None in pool.caps
 
 
 def test_a_text_that_fails_alone_fails_only_its_document(pool):
