@@ -262,17 +262,25 @@ def _long_words(sentence: str) -> set[str]:
     return {w for w in _WORD.findall(sentence.lower()) if len(w) > 3}
 
 
+def _finished(sentence: str) -> bool:
+    return sentence.rstrip("\"'”’)").endswith((".", "!", "?"))
+
+
+def _informative(sentence: str) -> bool:
+    return len(set(content_words(_SPEAKER.sub("", sentence)))) >= MIN_CONTENT_WORDS
+
+
 def _worth_keeping(found: list[str]) -> list[str]:
     """The sentences worth a place, in order (all of them if none is).
 
     Left out: a last sentence the token limit cut off mid-way, and fillers with fewer than
-    three longer words besides a speaker label ("Project Manager: Yeah.", "One, two, one,
-    two."), which a summary of a meeting transcript copies from it.
+    MIN_CONTENT_WORDS content words besides a speaker label ("Project Manager: Yeah.",
+    "Magnan gulped audibly."), which a summary of a transcript or a story copies from it.
     """
     kept = list(found)
-    if len(kept) > 1 and not kept[-1].rstrip("\"'”’)").endswith((".", "!", "?")):
+    if len(kept) > 1 and not _finished(kept[-1]):
         kept = kept[:-1]
-    informative = [s for s in kept if len(set(content_words(_SPEAKER.sub("", s)))) >= MIN_CONTENT_WORDS]
+    informative = [s for s in kept if _informative(s)]
     return informative or kept
 
 
@@ -326,8 +334,12 @@ def select_leads(parts: Sequence[Sequence[str]], target_words: int) -> Optional[
 def most_informative_leads(parts: Sequence[Sequence[str]], target_words: int) -> list[list[str]]:
     """Per part, its lead sentence or nothing: greedily, the lead with the most content words not
     yet covered per word it costs, while leads fit (budgeted maximum coverage). Between equal
-    gains, the lead farthest from those already chosen, so no stretch is left out for want of words."""
-    leads = {i: p[0] for i, p in enumerate(parts) if p}
+    gains, the lead farthest from those already chosen, so no stretch is left out for want of
+    words. A lead cut off by the token limit or a filler is not a candidate: a part may go
+    without a sentence here anyway."""
+    leads = {i: p[0] for i, p in enumerate(parts) if p and _finished(p[0]) and _informative(p[0])}
+    if not leads:  # choosing, so pass over cut-off and filler leads, unless there is nothing else
+        leads = {i: p[0] for i, p in enumerate(parts) if p}
     words_of = {i: set(content_words(lead)) for i, lead in leads.items()}
     chosen: dict[int, str] = {}
     covered: set[str] = set()

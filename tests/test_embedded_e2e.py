@@ -76,6 +76,8 @@ def test_cli_summarizes_a_real_long_document_with_the_embedded_model(tmp_path, e
         assert found, (paragraph, last)  # the model's own words, nothing added by the reduce
         origins.append(found[0])
     assert origins == sorted(origins)
+    # a sentence its chunk does not back (min_support) never reaches the summary
+    assert all(s not in sentences(summary) for s in tree["unsupported"])
 
 
 def _made_of_sentences(paragraph: str, candidates: list[str]) -> bool:

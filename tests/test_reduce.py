@@ -316,3 +316,16 @@ def test_when_no_sentence_is_backed_the_summaries_are_kept_and_a_source_count_mi
     assert state.summary == JOINER.join(summaries)
     with pytest.raises(ReduceError, match="1 sources for 2 summaries"):
         ReduceState.start(summaries, words, 100, 4, sources=["a b c"], min_support=0.5)
+
+
+def test_choosing_among_leads_passes_over_a_cut_off_or_filler_lead():
+    from mapreduce.reduce import select_sentences
+
+    parts = [
+        "Storm Ciara floods the Yorkshire coast and closes roads .",
+        'Magnan: "A most interesting display of barbaric splendor" Zubb: "Observe the tallest feasters',  # cut off
+        "Magnan cleared his throat .",  # a filler: three content words
+        "Parliament passes the budget after a late-night vote .",
+    ]
+    chosen = select_sentences(parts, target_words=25).split(JOINER)
+    assert chosen == [parts[0], parts[3]]
