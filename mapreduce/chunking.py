@@ -193,6 +193,8 @@ class Chunker:
             start = core_start
             if i and self.chunk_overlap and PARAGRAPH_BREAK not in text[cores[i - 1][1] : core_start]:
                 start = self._overlap_start(text, cores[i - 1])
+                if start <= chunks[-1].start:  # a previous core shorter than the overlap: it would
+                    start = core_start  # swallow the whole previous chunk, so chunks must move forward
             while True:
                 start += len(text[start:end]) - len(text[start:end].lstrip())
                 cost = self.prompt_cost(text[start:end])
