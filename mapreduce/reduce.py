@@ -248,11 +248,6 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for line in text.splitlines() for s in _SENTENCE_BREAK.split(line.strip()) if s.strip()]
 
 
-def lead_sentence(text: str) -> str:
-    found = sentences(text)
-    return found[0] if found else text.strip()
-
-
 def _said_already(words: set[str], said: list[set]) -> bool:
     """Most of a sentence's longer words are in one sentence already chosen (chunks overlap)."""
     return bool(words) and any(len(words & prior) >= 0.7 * len(words) for prior in said)

@@ -235,28 +235,28 @@ def test_balanced_groups_keep_order_fit_and_pair_small_texts(lengths, wanted):
         assert len(groups) >= wanted and all(len(g) >= 2 for g in groups)
 
 
-def test_select_leads_keeps_every_part_in_order_then_second_sentences():
-    from mapreduce.reduce import select_sentences as select_leads
+def test_select_sentences_keeps_every_part_in_order_then_second_sentences():
+    from mapreduce.reduce import select_sentences
 
     parts = [
         "Alpha storm hits the coast .\nTwo towns were flooded overnight .",
         "Beta council votes on the budget .\nThe vote was close .",
         "Gamma team wins the final .\nFans celebrated in the streets .",
     ]
-    leads = select_leads(parts, target_words=19)  # the three leads: 6 + 7 + 6 words (" ." counts)
+    leads = select_sentences(parts, target_words=19)  # the three leads: 6 + 7 + 6 words (" ." counts)
     assert leads == JOINER.join(["Alpha storm hits the coast .", "Beta council votes on the budget .",
                                  "Gamma team wins the final ."])
-    more = select_leads(parts, target_words=25)  # room for one second sentence: the first part's
+    more = select_sentences(parts, target_words=25)  # room for one second sentence: the first part's
     assert more.split(JOINER)[0] == "Alpha storm hits the coast . Two towns were flooded overnight ."
-    assert select_leads(parts, target_words=4) is None  # not even one lead fits
+    assert select_sentences(parts, target_words=4) is None  # not even one lead fits
 
 
-def test_select_leads_skips_a_sentence_an_overlapping_chunk_already_gave():
-    from mapreduce.reduce import select_sentences as select_leads
+def test_select_sentences_skips_a_sentence_an_overlapping_chunk_already_gave():
+    from mapreduce.reduce import select_sentences
 
     parts = ["Police arrested three suspects after the robbery .", "Police arrested three suspects after robbery .",
              "Stolen paintings were found in a warehouse ."]
-    assert select_leads(parts, 100) == JOINER.join([parts[0], parts[2]])
+    assert select_sentences(parts, 100) == JOINER.join([parts[0], parts[2]])
 
 
 def test_a_target_keeps_one_lead_per_part_without_rewriting_them():
@@ -267,19 +267,19 @@ def test_a_target_keeps_one_lead_per_part_without_rewriting_them():
     assert MARKER.findall(state.summary) == [f"M{i:03d}" for i in range(12)]
 
 
-def test_select_leads_drops_a_sentence_the_token_limit_cut_off():
-    from mapreduce.reduce import select_sentences as select_leads
+def test_select_sentences_drops_a_sentence_the_token_limit_cut_off():
+    from mapreduce.reduce import select_sentences
 
     parts = ["Storm hits the coast . Towns were flooded and the", "Council votes on the budget ."]
-    assert select_leads(parts, 100) == JOINER.join(["Storm hits the coast .", "Council votes on the budget ."])
-    assert select_leads(["Only a cut-off sentence and"], 100) == "Only a cut-off sentence and"
+    assert select_sentences(parts, 100) == JOINER.join(["Storm hits the coast .", "Council votes on the budget ."])
+    assert select_sentences(["Only a cut-off sentence and"], 100) == "Only a cut-off sentence and"
 
 
-def test_select_leads_passes_over_fillers_a_transcript_summary_copies():
-    from mapreduce.reduce import select_sentences as select_leads
+def test_select_sentences_passes_over_fillers_a_transcript_summary_copies():
+    from mapreduce.reduce import select_sentences
 
     parts = ["Project Manager: Yeah. The team agreed the remote needs a rubber case .", "One, two, one, two."]
-    assert select_leads(parts, 100) == JOINER.join(["The team agreed the remote needs a rubber case .",
+    assert select_sentences(parts, 100) == JOINER.join(["The team agreed the remote needs a rubber case .",
                                                      "One, two, one, two."])  # a part with only filler keeps it
 
 
