@@ -131,15 +131,15 @@ def count_levels(levels: list[dict], template_tokens: dict[str, int], cfg: Confi
     A level the run did not finish (outputs None) counts its prompts only. A map output
     is capped at `map_max_new_tokens` when it is set, every other at `max_new_tokens`.
     """
+    from mapreduce.document import level_max_new_tokens
+
     tally = Tally()
     for level in levels:
         extra = template_tokens[level["template"]]
         tally.texts += len(level["inputs"])
         tally.prompt_tokens += sum(item["tokens"] + extra for item in level["inputs"])
         outputs = level.get("outputs") or []
-        cap = cfg.generation.max_new_tokens
-        if level["name"] == "map" and cfg.mapreduce.map_max_new_tokens:
-            cap = cfg.mapreduce.map_max_new_tokens
+        cap = level_max_new_tokens(cfg, level["name"]) or cfg.generation.max_new_tokens
         tally.generated_tokens += sum(min(cap, out["tokens"] + 1) for out in outputs)
     return tally
 
@@ -388,7 +388,9 @@ def measure_decode(model, tokenizer, prompt: list[int], rows: int, steps: int) -
 
 def decode_steps(cfg: Config) -> int:
     """Steps the decode cost is measured over: a map call's cap, as most calls are map calls."""
-    return cfg.mapreduce.map_max_new_tokens or cfg.generation.max_new_tokens
+    from mapreduce.document import level_max_new_tokens
+
+    return level_max_new_tokens(cfg, "map") or cfg.generation.max_new_tokens
 
 
 def measure_limit(model, tokenizer, prompt: list[int], cfg: Config, threads: int) -> Limit:

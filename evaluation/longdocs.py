@@ -56,7 +56,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections import Counter

@@ -35,6 +35,11 @@ if TYPE_CHECKING:
     from mapreduce.chunking import Chunk, Chunker
 
 
+def level_max_new_tokens(cfg: Config, level_name: str) -> Optional[int]:
+    """The cap for a level's generations: `map_max_new_tokens` for map calls, else None (the config's)."""
+    return cfg.mapreduce.map_max_new_tokens if level_name == "map" else None
+
+
 @dataclass
 class DocumentResult:
     doc_id: str
@@ -112,8 +117,7 @@ class DocumentSteps:
         return self.chunker.prompt_cost(text, self.reduce_template)
 
     def max_new_tokens(self, level_name: str) -> Optional[int]:
-        """The cap for a level's generations: `map_max_new_tokens` for map calls, else None (the config's)."""
-        return self.cfg.mapreduce.map_max_new_tokens if level_name == "map" else None
+        return level_max_new_tokens(self.cfg, level_name)
 
     def chunk(self, text: str) -> list["Chunk"]:
         """The whole text as one chunk if its prompt fits the budget, else the chunker's split."""

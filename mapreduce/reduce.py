@@ -336,16 +336,16 @@ def most_informative_leads(parts: Sequence[Sequence[str]], target_words: int) ->
     if not leads:  # choosing, so pass over cut-off and filler leads, unless there is nothing else
         leads = {i: p[0] for i, p in enumerate(parts) if p}
     words_of = {i: set(content_words(lead)) for i, lead in leads.items()}
+    cost_of = {i: count_words(lead) for i, lead in leads.items()}
     chosen: dict[int, str] = {}
     covered: set[str] = set()
     used = 0
     while True:
         best, best_key = None, (0.0, 0)
-        for i, lead in leads.items():
-            cost = count_words(lead)
-            if i in chosen or used + cost > target_words:
+        for i in leads:
+            if i in chosen or used + cost_of[i] > target_words:
                 continue
-            gain = len(words_of[i] - covered) / max(1, cost)
+            gain = len(words_of[i] - covered) / max(1, cost_of[i])
             key = (gain, min((abs(i - j) for j in chosen), default=len(parts)))
             if gain > 0 and key > best_key:
                 best, best_key = i, key
@@ -353,7 +353,7 @@ def most_informative_leads(parts: Sequence[Sequence[str]], target_words: int) ->
             break
         chosen[best] = leads[best]
         covered |= words_of[best]
-        used += count_words(leads[best])
+        used += cost_of[best]
     return [[chosen[i]] if i in chosen else [] for i in range(len(parts))]
 
 
