@@ -33,7 +33,7 @@ class ModelConfig:
     adapter: Optional[str] = None  # dir of a peft LoRA adapter
     merge_adapter: bool = True  # merge_and_unload for inference
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (CUDA: bf16, fp16 without bf16; CPU: fp32) | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (CUDA: bf16, fp16 without bf16; CPU: fp32, bf16 for inference on native-bf16 CPUs) | float32 | bfloat16 | float16
     quantization: str = "none"  # none | 4bit | 8bit (bitsandbytes, CUDA only)
     trust_remote_code: bool = False
     num_threads: Optional[int] = None  # torch.set_num_threads on CPU

@@ -90,6 +90,8 @@ def setup_fingerprint(cfg: Config) -> str:
     generation.pop("generation_batch_size", None)  # batching does not change what is generated
     settings = {
         "base_model": cfg.model.base_model,
+        "dtype": cfg.model.dtype,  # bf16 and fp32 greedy outputs differ in places
+        "quantization": cfg.model.quantization,
         "adapter": os.path.normpath(adapter) if adapter else None,
         "adapter_weights_mtime_ns": weights,
         "prompt_template": cfg.data.prompt_template,

@@ -10,7 +10,7 @@ from conftest import CNNDM_TEST
 from mapreduce.api import RaySummarizer, Summarizer, resolve_config
 
 SETTINGS = dict(max_length=160, max_new_tokens=12, chunk_size=100, chunk_overlap=10,
-                generation_batch_size=4, num_workers=1, num_cpus_per_worker=1.0)
+                generation_batch_size=4, num_workers=1, num_cpus_per_worker=1.0, dtype="float32")
 
 
 def _document(articles: int = 2) -> str:

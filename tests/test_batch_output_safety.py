@@ -215,7 +215,7 @@ def test_rerun_with_other_settings_is_refused(tmp_path, capsys, engine_opens):
     before = out.read_bytes()
     capsys.readouterr()
     for extra in (["--max-new-tokens", "7"], ["--chunk-size", "900"], ["--adapter", str(tmp_path)],
-                  ["--summary-words", "77"], ["--min-support", "0.9"]):
+                  ["--summary-words", "77"], ["--min-support", "0.9"], ["--dtype", "bfloat16"]):
         _refused(batch_main(_argv(inp, out, *extra)), capsys, "other settings", "--output")
         assert out.read_bytes() == before
     # batching and scheduling do not change outputs: resumed, nothing left to do

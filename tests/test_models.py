@@ -40,3 +40,26 @@ def test_adapter_fits_its_base_and_not_another(tiny_model_dir, tmp_path):
     (adapter / "adapter_model.safetensors").unlink()
     with pytest.raises(ModelError, match="adapter_model.safetensors"):
         check_adapter_fits(ModelConfig(base_model=str(tiny_model_dir), adapter=str(adapter)))
+
+
+def test_inference_lm_head_gets_contiguous_rows_at_prefill(lively_model_dir):
+    """The last-position view would make torch's linear copy the output weight once per row."""
+    import torch
+
+    from core.config import ModelConfig
+    from core.models import load_base_model
+
+    seen = []
+    cfg = ModelConfig(base_model=str(lively_model_dir), device="cpu", dtype="float32")
+    model = load_base_model(cfg)
+    model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(100, 5000, (3, 10), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        fast = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                              min_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert seen and all(seen)
+    plain = load_base_model(cfg, for_training=True)  # no hook: the same tokens
+    with torch.inference_mode():
+        slow = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                              min_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(fast, slow)

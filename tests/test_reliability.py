@@ -357,7 +357,7 @@ def test_dtype_auto_on_cuda_follows_bf16_support(monkeypatch, caplog, bf16, expe
             assert models.resolve_dtype("auto", torch.device("cuda")) == expected
         assert asked == [False]  # native support only: emulated bf16 is what T4/V100 have
         assert len([r for r in caplog.records if "bfloat16" in r.message]) == (0 if bf16 else 1)
-        assert models.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+        assert models.resolve_dtype("auto", torch.device("cpu"), for_training=True) == torch.float32
         assert models.resolve_dtype("bfloat16", torch.device("cuda")) == torch.bfloat16
     finally:
         models._auto_cuda_dtype.cache_clear()

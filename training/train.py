@@ -404,7 +404,7 @@ def prepare_data(cfg: Config, args, tokenizer):
 
 def prepare_lora_model(cfg: Config, device):
     """The base model on `device` wrapped in a trainable LoRA (k-bit prepared if quantized)."""
-    model = load_base_model(cfg.model, device)
+    model = load_base_model(cfg.model, device, for_training=True)
     model.config.use_cache = False  # no KV cache in training (and it conflicts with checkpointing)
     if cfg.model.quantization != "none":
         from peft import prepare_model_for_kbit_training
@@ -479,7 +479,7 @@ def train(cfg: Config) -> int:
     on_cuda = device.type == "cuda"
     if on_cuda:
         check_single_process_gpus()
-    args = training_arguments(cfg, on_cuda, resolve_dtype(cfg.model.dtype, device), has_eval)
+    args = training_arguments(cfg, on_cuda, resolve_dtype(cfg.model.dtype, device, for_training=True), has_eval)
     set_seed(t.seed)
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     data = prepare_data(cfg, args, tokenizer)
