@@ -153,12 +153,11 @@ def load_base_model(cfg: ModelConfig, device=None, for_training: bool = False):
         raise _hub_error("base model", cfg.base_model, exc) from None
     if quant is None:
         model.to(device)
-    if not for_training:
-        feed_lm_head_contiguous(model)
-        if device.type == "cpu" and dtype == torch.bfloat16:
-            from core.attention import use_cpu_decode_attention
+    feed_lm_head_contiguous(model)  # training's ROUGE probe generates too
+    if device.type == "cpu" and dtype == torch.bfloat16 and not for_training:
+        from core.attention import use_cpu_decode_attention
 
-            use_cpu_decode_attention(model)
+        use_cpu_decode_attention(model)
     model.eval()
     return model
 
