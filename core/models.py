@@ -168,7 +168,8 @@ def feed_lm_head_contiguous(model) -> None:
     The prefill keeps only the last position's logits (`hidden[:, -1:, :]`, a strided view);
     torch's linear on that view runs a bmm over the weight expanded once per row: at 16 rows
     of SmolLM2 a 0.9 GB bf16 copy and ~2.6 s of a ~13 s map batch on one CPU thread (README
-    "Throughput"). A contiguous copy of the 16 hidden rows costs nothing.
+    "Throughput"). A contiguous copy of the 16 hidden rows costs nothing. In training every
+    position is kept, the input is already contiguous, and the hook does nothing.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
