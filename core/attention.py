@@ -4,20 +4,21 @@ On a CPU, torch's sdpa kernel is fast for a prompt but slow for one new token in
 (a decode step at 16 rows: ~170 ms with sdpa vs ~70 ms this way, SmolLM2-135M, README
 "Throughput"). For a single query token this runs each key/value head's query group as one
 matmul (no repeat_kv copy of the cache), with the softmax in fp32. Everything else, and
-training, goes to transformers' own sdpa.
+training, goes to transformers' own sdpa. Imported only by core.models when a model is
+loaded, so torch at the top costs no start-up; the function itself runs per layer per token.
 """
 
 from __future__ import annotations
 
 import functools
 
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
 CPU_DECODE_ATTENTION = "cpu_decode_gqa"
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     plain = kwargs.get("softcap") is None and kwargs.get("s_aux") is None and not kwargs.get("output_attentions")
     if query.shape[2] != 1 or module.training or not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
