@@ -64,6 +64,8 @@ class DataConfig:
     id_field: str = "id"
     max_length: int = 2048  # prompt + summary + EOS, in tokens
     prompt_template: str = DEFAULT_TEMPLATE
+    # training only: this many merge-shaped rows (core.data.merge_rows) join the train split
+    merge_examples: int = 0
 
 
 @dataclass
@@ -280,6 +282,8 @@ def _check_values(cfg: Config) -> None:
         "chunk_size": mr.chunk_size,
         "max_reduce_depth": mr.max_reduce_depth,
     }
+    if d.merge_examples < 0:
+        raise ConfigError(f"config key 'merge_examples' must be >= 0, got {d.merge_examples}")
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
@@ -399,6 +403,9 @@ KEY_HELP = {
     "chunk_overlap": "tokens two neighbouring chunks share, so no sentence is lost at a cut.",
     "reduce_template": "prompt for summarizing joined partial summaries (must hold {article}); unset = the "
                        "training prompt_template.",
+    "merge_examples": "training only: add this many merge-shaped rows to the train split (the summaries of 2-4 "
+                      "consecutive training articles as parts -> their lead sentences, in order, at a stated "
+                      "length), so the adapter learns the reduce's merge prompt too; 0 = news rows only.",
     "max_length": "tokens of prompt + summary; the prompt budget is max_length - max_new_tokens.",
 }
 

@@ -139,3 +139,30 @@ def drop_empty(rows, article_field: str, summary_field: str | None):
     if dropped:
         log.warning("dropped %d of %d rows with an empty or missing article/summary", dropped, before)
     return rows
+
+
+def merge_rows(summaries: list[str], count: int, seed: int = 0) -> list[dict]:
+    """Merge-shaped training rows, built from reference summaries alone (no new data, no model).
+
+    Each row takes the summaries of 2-4 consecutive articles as the parts of one document and
+    asks for their first 1 or 2 sentences each, in order, in about that many words: the
+    merge learns to keep every part, in order, at the length it is told.
+    """
+    import random
+
+    from core.prompt import merge_input, merge_template
+    from core.text import highlight_sentences
+
+    rng = random.Random(seed)
+    parts = [highlight_sentences(s) for s in summaries]
+    parts = [p for p in parts if p]
+    rows = []
+    for _ in range(count if len(parts) >= 4 else 0):
+        k, keep = rng.randint(2, 4), rng.randint(1, 2)
+        start = rng.randrange(len(parts) - k + 1)
+        group = parts[start:start + k]
+        target = " ".join(s for p in group for s in p[:keep])
+        words = max(10, round(len(target.split()), -1))
+        rows.append({"article": merge_input(" ".join(p) for p in group), "summary": target,
+                     "prompt_template": merge_template(words)})
+    return rows

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from core.errors import ConfigError
 
 DEFAULT_TEMPLATE = "[INST] Summarize the following news article:\n\n{article}\n\nSummary: [/INST]"
+# the reduce's merge call: consecutive partial summaries in, one summary of about {words} words out
+MERGE_TEMPLATE = (
+    "[INST] Combine these summaries of consecutive parts of one document into one summary of about "
+    "{words} words that covers every part, in order:\n\n{article}\n\nSummary: [/INST]"
+)
 IGNORE_INDEX = -100
 
 
@@ -37,6 +42,16 @@ def _split_template(template: str) -> tuple[str, str]:
         raise ValueError("prompt template must contain '{article}' exactly once")
     prefix, suffix = template.split("{article}")
     return prefix, suffix
+
+
+def merge_template(words: int, template: str = MERGE_TEMPLATE) -> str:
+    """The merge prompt with its word budget filled in (still holding {article})."""
+    return template.replace("{words}", str(int(words)))
+
+
+def merge_input(summaries) -> str:
+    """Partial summaries as the merge prompt shows them: numbered parts, in document order."""
+    return "\n\n".join(f"Part {i}: {text.strip()}" for i, text in enumerate(summaries, 1))
 
 
 WORD_JOINER = "\u2060"  # invisible; breaks a control string into plain-text tokens

@@ -38,3 +38,13 @@ def content_words(text: str, stem: bool = True) -> list[str]:
     """Lowercased alphanumeric tokens without stopwords (stemmed): what a summary must carry."""
     words = [w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOPWORDS]
     return [_stem(w) for w in words] if stem else words
+
+
+def highlight_sentences(highlights: str) -> list[str]:
+    """CNN/DM highlights (one per line, each ending " .") as prose sentences ("... ." -> "....")."""
+    found = []
+    for line in highlights.splitlines():
+        line = re.sub(r"\s+([.!?])$", r"\1", line.strip())
+        if line:
+            found.append(line if line[-1] in ".!?\"'" else line + ".")
+    return found

@@ -180,8 +180,10 @@ def tokenize_rows(rows, tokenizer, cfg: Config, what: str):
 
     def encode(batch):
         out = {"input_ids": [], "labels": [], "article_dropped": [], "summary_dropped": []}
-        for article, summary in zip(batch[d.article_field], batch[d.summary_field]):
-            ex = build_training_example(tokenizer, article, summary, d.max_length, d.prompt_template)
+        articles = batch[d.article_field]
+        templates = batch.get("prompt_template") or [d.prompt_template] * len(articles)  # merge rows carry their own
+        for article, summary, template in zip(articles, batch[d.summary_field], templates):
+            ex = build_training_example(tokenizer, article, summary, d.max_length, template)
             out["input_ids"].append(ex.input_ids)
             out["labels"].append(ex.labels)
             out["article_dropped"].append(ex.article_tokens_dropped)
@@ -204,13 +206,31 @@ def tokenize_rows(rows, tokenizer, cfg: Config, what: str):
     return encoded.remove_columns(["article_dropped", "summary_dropped"])
 
 
-def load_split(cfg: Config, source: str, split: str, tokenizer, what: str):
+def load_split(cfg: Config, source: str, split: str, tokenizer, what: str, merges: int = 0):
     d = cfg.data
     rows = load_rows(source, split, d.dataset_config)
     rows = drop_empty(rows, d.article_field, d.summary_field)
     if len(rows) == 0:
         raise DataError(f"{what} split {split!r} of {source} has no usable rows")
+    if merges:
+        rows = with_merge_rows(rows, cfg, merges)
     return tokenize_rows(rows, tokenizer, cfg, what)
+
+
+def with_merge_rows(rows, cfg: Config, count: int):
+    """The news rows plus `count` merge-shaped rows built from their own summaries (shuffled in by the sampler)."""
+    import datasets
+
+    from core.data import merge_rows
+
+    d = cfg.data
+    made = merge_rows(list(rows[d.summary_field]), count, cfg.training.seed)
+    news = rows.select_columns([d.article_field, d.summary_field])
+    news = news.add_column("prompt_template", [d.prompt_template] * len(news))
+    merged = datasets.Dataset.from_list([{d.article_field: r["article"], d.summary_field: r["summary"],
+                                          "prompt_template": r["prompt_template"]} for r in made])
+    log.info("train: %d merge-shaped rows added to %d news rows", len(made), len(news))
+    return datasets.concatenate_datasets([news, merged.cast(news.features)])
 
 
 # --- model -----------------------------------------------------------------------------
@@ -395,7 +415,7 @@ def prepare_data(cfg: Config, args, tokenizer):
     check_template_fits(tokenizer, d.prompt_template, d.max_length, "config key 'max_length': a summary token and EOS",
                         room=2, budget_name="max_length")
     with args.main_process_first(desc="load and tokenize data"):
-        train_data = load_split(cfg, d.dataset, d.train_split, tokenizer, "train")
+        train_data = load_split(cfg, d.dataset, d.train_split, tokenizer, "train", merges=d.merge_examples)
         if not d.eval_split:
             return train_data, None, None
         eval_data = load_split(cfg, d.eval_dataset or d.dataset, d.eval_split, tokenizer, "eval")
