@@ -232,23 +232,20 @@ def run_baseline(cfg: Config, model, tokenizer, docs: list[tuple[str, str]]) -> 
     one = copy.deepcopy(cfg)
     one.generation.generation_batch_size = 1
     summarizer = Summarizer(one, model, tokenizer)
-    count = lambda text: summarizer.chunker.prompt_cost(text, summarizer.reduce_template)  # noqa: E731 (engine's unit)
     costs, tally, failed = template_tokens(tokenizer, cfg), Tally(), 0
     with GenerateMeter().attach(model) as meter:
         started = time.perf_counter()
         for i, (doc_id, text) in enumerate(docs, 1):
             t0 = time.perf_counter()
-            try:
-                result = summarizer.summarize(text)
-            except (UserError, ValueError) as exc:
+            result = summarizer.summarize(text, doc_id)
+            if not result.ok:
                 failed += 1
-                say(f"baseline {i}/{len(docs)} {doc_id}: failed: {first_line(exc)}")
+                say(f"baseline {i}/{len(docs)} {doc_id}: failed: {result.error}")
                 continue
-            levels = [dict(lv.to_dict(count), template="document" if j == 0 else "reduce")
-                      for j, lv in enumerate(result.levels)]
+            levels = result.tree["levels"]
             tally += count_levels(levels, costs, cfg)
-            say(f"baseline {i}/{len(docs)} {doc_id}: {len(result.chunks)} chunks, "
-                f"{'/'.join(lv.name for lv in result.levels)} in {time.perf_counter() - t0:.1f}s")
+            say(f"baseline {i}/{len(docs)} {doc_id}: {result.tokens['chunks']} chunks, "
+                f"{'/'.join(lv['name'] for lv in levels)} in {time.perf_counter() - t0:.1f}s")
         seconds = time.perf_counter() - started
     metered = {k: getattr(meter, k) for k in ("calls", "rows", "prompt_tokens", "steps", "generated_tokens")}
     run = Run("baseline", seconds, len(docs), failed, tally, [self_peak_rss_mib()], "this process",

@@ -144,6 +144,9 @@ class MapReduceConfig:
     # refuse documents above this many tokens unless asked (0: no limit); a 1.3M-token text
     # is ~3,800 chunks, hours on a CPU
     max_document_tokens: int = 500_000
+    # with summary_words: how the parts' summaries become one (mapreduce.reduce)
+    reduce: str = "select"  # select (their sentences, no model call) | merge (the model merges them, level by level)
+    merge_fanin: int = 4  # merge: consecutive summaries per merge call
 
 
 @dataclass
@@ -306,6 +309,10 @@ def _check_values(cfg: Config) -> None:
                           f"got {mr.map_max_new_tokens}")
     if not 0 <= mr.min_support <= 1:
         raise ConfigError(f"config key 'min_support' must be in [0, 1] (0: keep every sentence), got {mr.min_support}")
+    if mr.reduce not in ("select", "merge"):
+        raise ConfigError(f"config key 'reduce' must be select or merge, got {mr.reduce!r}")
+    if mr.merge_fanin < 2:
+        raise ConfigError(f"config key 'merge_fanin' must be >= 2, got {mr.merge_fanin}")
     if mr.summary_words < 0:
         raise ConfigError(f"config key 'summary_words' must be >= 0 (0: one short summary), got {mr.summary_words}")
     if mr.num_workers is not None and mr.num_workers <= 0:
@@ -399,6 +406,9 @@ KEY_HELP = {
                           "first sentences, so a shorter cap saves decoding time.",
     "min_support": "leave out a chunk summary's sentence when less than this share of its content words "
                    "occurs in the chunk (an invented sentence); 0 = keep every sentence.",
+    "reduce": "with summary_words, how the chunks' summaries become one: select = their sentences in document "
+              "order (no model call); merge = the model merges consecutive groups of merge_fanin summaries, level "
+              "by level, in order, each group asked for its share of the words, the last for summary_words.",
     "chunk_size": "tokens of document text per map chunk (must fit the prompt budget with the template).",
     "chunk_overlap": "tokens two neighbouring chunks share, so no sentence is lost at a cut.",
     "reduce_template": "prompt for summarizing joined partial summaries (must hold {article}); unset = the "

@@ -205,10 +205,17 @@ def _generate_or_split(model, tokenizer, prompts, gen: GenerationConfig) -> list
 
 
 def with_max_new_tokens(gen: GenerationConfig, max_new_tokens: Optional[int]) -> GenerationConfig:
-    """The generation settings with another cap (None: unchanged); min_new_tokens stays below it."""
+    """The generation settings with another cap (None: unchanged); min_new_tokens stays below it.
+
+    no_repeat_ngram_size stops the loops of short, news-length calls; over a longer output
+    (a merge of several parts) it mangles every name that must recur ("Magnan" -> "MagnAN"),
+    so a call longer than max_new_tokens goes without it (the reduce drops repeated sentences).
+    """
     if max_new_tokens is None or max_new_tokens == gen.max_new_tokens:
         return gen
-    return dataclasses.replace(gen, max_new_tokens=max_new_tokens, min_new_tokens=min(gen.min_new_tokens, max_new_tokens))
+    no_repeat = gen.no_repeat_ngram_size if max_new_tokens <= gen.max_new_tokens else 0
+    return dataclasses.replace(gen, max_new_tokens=max_new_tokens, min_new_tokens=min(gen.min_new_tokens, max_new_tokens),
+                               no_repeat_ngram_size=no_repeat)
 
 
 def summarize_texts(model, tokenizer, texts: Sequence[str], template: str, max_prompt_tokens: int,

@@ -4,22 +4,19 @@
 
     summarizer = Summarizer.from_config("configs/smollm2_cpu.yaml", adapter="adapters/smollm2-cnndm")
     result = summarizer.summarize(text)            # one process, one CPU or GPU, no Ray
-    result.summary, result.levels, result.chunks
+    result.summary, result.error, result.tree      # a DocumentResult: tree = chunk spans + every level
 
     with RaySummarizer.from_config("configs/smollm2_cpu.yaml", adapter=...) as ray_summarizer:
         for result in ray_summarizer.summarize_many({"a": text_a, "b": text_b}):   # Ray actors
             result.doc_id, result.summary, result.error
 
-Both take the same steps with the same prompts: a document whose prompt fits is summarized
-in one pass; a longer one is cut by the chunker, every chunk is summarized (map), and
-mapreduce.reduce collapses the summaries level by level (to `summary_words`, or to one
-final summary). `Summarizer` runs them one after the other here; `RaySummarizer` is the
-engine the CLI and the batch job use, batching chunks of many documents over actors.
+Both drive the same mapreduce.document.DocumentJob and return the same DocumentResult:
+`Summarizer` runs each level as one call here; `RaySummarizer` is the engine the CLI and
+the batch job use, batching chunks of many documents over actors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Union
 
@@ -39,24 +36,16 @@ def _flat(cfg: Config) -> dict:
     return {k: v for section in cfg.to_dict().values() for k, v in section.items()}
 
 
-@dataclass
-class Summary:
-    summary: str
-    chunks: list = field(default_factory=list)  # mapreduce.chunking.Chunk, with character spans
-    levels: list = field(default_factory=list)  # mapreduce.reduce.ReduceLevel: map, collapse-k, final
-
-
 class Summarizer:
-    """One model in this process; `summarize(text)` runs chunk -> map -> reduce without Ray."""
+    """One model in this process: the engine's own document lifecycle, each level one batched call, no Ray."""
 
-    def __init__(self, cfg: Config, model, tokenizer):
+    def __init__(self, cfg: Config, model, tokenizer, chunker=None):
         from mapreduce.chunking import Chunker
         from mapreduce.document import DocumentSteps
 
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
-        self.steps = DocumentSteps(cfg, Chunker.from_config(tokenizer, cfg))  # the engine's steps and units
+        self.steps = DocumentSteps(cfg, chunker or Chunker.from_config(tokenizer, cfg))  # the engine's steps and units
         self.chunker = self.steps.chunker
-        self.reduce_template = self.steps.reduce_template
 
     @classmethod
     def from_config(cls, config: ConfigLike = None, **overrides) -> "Summarizer":
@@ -72,23 +61,15 @@ class Summarizer:
         gen = with_max_new_tokens(self.cfg.generation, max_new_tokens)
         return summarize_texts(self.model, self.tokenizer, texts, template, self.cfg.prompt_budget, gen)
 
-    def summarize(self, text: str) -> Summary:
-        from mapreduce.reduce import ReduceError
+    def summarize(self, text: Union[str, bytes], doc_id: str = "document"):
+        """A DocumentResult, as RaySummarizer's: `.summary`, or `.error` (one line) when it failed.
 
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("document is empty")
-        steps = self.steps
-        chunks = steps.chunk(text)
-        first = steps.first_level(chunks)
-        first.outputs = self._generate(first.inputs, steps.doc_template, steps.max_new_tokens(first.name))
-        if len(chunks) == 1:
-            if not first.outputs[0].strip():
-                raise ReduceError("the model returned an empty summary")
-            return Summary(first.outputs[0], chunks, [first])
-        state = steps.start_reduce(first.outputs, chunks)
-        while not state.done:
-            state.accept(self._generate(state.pending, steps.reduce_template))
-        return Summary(state.summary, chunks, [first] + state.levels)
+        TypeError for anything but text (bytes are read as UTF-8).
+        """
+        from mapreduce.document import document_text
+
+        text = document_text(text)  # a type error before anything else
+        return self.steps.run(doc_id, text, self._generate)
 
 
 class RaySummarizer:

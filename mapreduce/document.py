@@ -16,18 +16,22 @@ collapses the summaries ("collapse-k", reduce template) until they fit one promp
 the "final" summary - or, with `mapreduce.summary_words`, stops once the parts' summaries,
 joined in order, fit that length.
 
-The engine (mapreduce.engine) drives many jobs at once and sends their level inputs to Ray
-actors; `DocumentSteps.run` drives one job with any `summarize(texts, template)` callable
-(tests, or a model in this process). Nothing here knows who does the summarizing.
+`DocumentJob` is the only code that moves a document through its levels. Two executors drive
+it: the engine (mapreduce.engine) many jobs at once, their level inputs sent to Ray actors;
+`DocumentSteps.run` one job in this process with any `summarize(texts, template,
+max_new_tokens)` callable (mapreduce.api.Summarizer's model, or a test fake). Both return
+the same DocumentResult. Nothing here knows who does the summarizing.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from core.config import Config
+from core.prompt import merge_template
 from mapreduce.chunking import reduce_template
 from mapreduce.reduce import JOINER, ReduceError, ReduceLevel, ReduceState
 
@@ -95,7 +99,32 @@ def check_document_size(tokens: int, cfg: Config) -> None:
                          "pass --max-document-tokens 0 (or a larger limit) to summarize it anyway")
 
 
-Summarize = Callable[[list[str], str], list[str]]  # (texts, template) -> one summary per text
+def document_text(value) -> str:
+    """A document as text: str as it is, bytes decoded as UTF-8 (as the CLI reads files).
+
+    TypeError names any other type (a number is not an empty document); ValueError for bytes
+    that are not UTF-8.
+    """
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"document is not UTF-8 text (invalid byte at offset {exc.start})") from None
+    if not isinstance(value, str):
+        raise TypeError(f"a document must be text (str, or UTF-8 bytes), got {type(value).__name__}")
+    return value
+
+
+def check_has_words(text: str) -> None:
+    """ValueError for a text with nothing to summarize: empty, or symbols and emoji only."""
+    if not text.strip():
+        raise ValueError("document is empty")
+    if not re.search(r"[^\W_]", text):  # no letter or digit in any script
+        raise ValueError("document has no words to summarize (only symbols, emoji or punctuation)")
+
+
+# (texts, template, max_new_tokens or None for the config's) -> one summary per text
+Summarize = Callable[[list[str], str, Optional[int]], list[str]]
 
 
 class DocumentSteps:
@@ -134,20 +163,22 @@ class DocumentSteps:
         mr = self.cfg.mapreduce
         return ReduceState.start(summaries, self.count_tokens, mr.chunk_size, mr.max_reduce_depth,
                                  split=self.chunker.split_text, target_words=mr.summary_words,
-                                 sources=[c.text for c in chunks], min_support=mr.min_support)
+                                 sources=[c.text for c in chunks], min_support=mr.min_support,
+                                 mode=mr.reduce, fanin=mr.merge_fanin)
 
     def start(self, doc_id: str, text: str, seq: int = 0) -> "DocumentJob":
         return DocumentJob(self, seq, str(doc_id), text)
 
     def run(self, doc_id: str, text: str, summarize: Summarize) -> DocumentResult:
-        """One document start to finish, each level in one `summarize(texts, template)` call."""
+        """The in-process executor: one document start to finish, each level in one
+        `summarize(texts, template, max_new_tokens)` call (a level's inputs share both)."""
         job = self.start(doc_id, text)
         try:
             inputs = job.open()
-        except (ValueError, ReduceError) as exc:
+        except (TypeError, ValueError, ReduceError) as exc:
             return job.close(error=str(exc))
         while not job.closed:
-            outputs = summarize([item.text for item in inputs], inputs[0].template)
+            outputs = summarize([item.text for item in inputs], inputs[0].template, inputs[0].max_new_tokens)
             for item, output in zip(inputs, outputs):
                 job.put(item.index, output)
             inputs = job.advance()
@@ -200,10 +231,10 @@ class DocumentJob:
         return self.levels[-1][0]
 
     def open(self) -> list[LevelInput]:
-        """Chunk the document and return its first level's inputs (ValueError, ReduceError)."""
+        """Chunk the document and return its first level's inputs (TypeError, ValueError, ReduceError)."""
         steps = self.steps
-        if not isinstance(self.text, str) or not self.text.strip():
-            raise ValueError("document is empty")
+        self.text = document_text(self.text)
+        check_has_words(self.text)
         self.document_tokens = steps.chunker.count_tokens(self.text)
         check_document_size(self.document_tokens, steps.cfg)
         t0 = time.perf_counter()
@@ -242,8 +273,11 @@ class DocumentJob:
         self.level_started = time.perf_counter()
         self.outputs = [None] * len(level.inputs)
         self.remaining = len(level.inputs)
-        template = self.steps.doc_template if kind == "document" else self.steps.reduce_template
-        max_new_tokens = self.steps.max_new_tokens(level.name)
+        if level.merge_words is not None:
+            kind, template = "merge", merge_template(level.merge_words)
+        else:
+            template = self.steps.doc_template if kind == "document" else self.steps.reduce_template
+        max_new_tokens = level.max_new_tokens or self.steps.max_new_tokens(level.name)
         self.steps.on_progress(Progress("level", self.doc_id, level.name, 0, len(level.inputs)))
         return [LevelInput(self, self.level_no, i, text, template, max_new_tokens) for i, text in enumerate(level.inputs)]
 

@@ -189,7 +189,7 @@ class MapReduceEngine:
             job = self.steps.start(doc_id, text, seq=next(run.seq))
             try:
                 run.queue.extend(_Item(it) for it in job.open())
-            except (ValueError, ReduceError) as exc:
+            except (TypeError, ValueError, ReduceError) as exc:
                 yield job.close(error=str(exc))
                 continue
             run.active[job.seq] = job

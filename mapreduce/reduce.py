@@ -11,15 +11,17 @@ Before anything, a map summary's sentences that its chunk does not back (fewer t
 `min_support` of their content words occur in the chunk: the small model writing a news item
 it learned) are left out and kept aside in `unsupported`.
 
-With a length target (`summary_words`), no model rewrites the parts: the summary is made of
-their sentences, in document order (`select_sentences`). While they fit, all of them; else
-one lead sentence of every part, then second sentences, round-robin, while they fit; and when
-not even the leads all fit, the leads that add the most content words not said yet. Measured
-on joined news articles, a model collapse of the parts kept mostly the first of each group
-(lead bias) and covered fewer articles. Only a target below one lead sentence falls back to
-the collapse and final levels.
+With a length target (`summary_words`) the reduce has two modes (`mapreduce.reduce`):
 
-Two guards make a collapse terminate on any summarizer: every collapse level must shrink the
+    select     no model rewrites the parts: the summary is their sentences, in document order
+               (mapreduce.sentences.select_sentences); only a target below one lead sentence
+               falls back to collapse and final
+    merge-k    hierarchical merging: consecutive groups of at most `fanin` summaries, each
+               merged by the model (core.prompt.MERGE_TEMPLATE, "Part 1: ... Part 2: ...") into
+               its share of the level's word budget, level by level, in order, until one group
+               is left: its merge ("final") is asked for `summary_words` words
+
+Two guards make a collapse or merge terminate on any summarizer: every collapse level must shrink the
 text (in tokens), else ReduceError; and at most `max_depth` collapse levels run, else
 ReduceError. A single summary longer than the budget is cut by `split` (the chunker) into
 pieces that fit, in order, rather than truncated; with no `split` it is a ReduceError.
@@ -31,15 +33,17 @@ same `ReduceState` one level at a time, with each level's summaries computed on 
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
 from core.errors import UserError
-from core.text import content_words
+from core.prompt import merge_input
+from mapreduce.sentences import JOINER, count_words, drop_repeated_sentences, finished, select_sentences, sentences, supported_sentences
 
-JOINER = "\n\n"  # partial summaries are joined as paragraphs, in document order
-MIN_CONTENT_WORDS = 4  # fewer, and a sentence says little ("Magnan gulped audibly.", "Yeah.")
+REDUCE_MODES = ("select", "merge")
+TOKENS_PER_WORD = 1.5  # new tokens a merge may use per word asked for (English: ~1.3 for Qwen/SmolLM2)
+PART_LABEL_TOKENS = 4  # what "Part 12: " costs a merge input beside the summary itself
+
 
 CountTokens = Callable[[str], int]
 Summarize = Callable[[list[str]], list[str]]
@@ -48,10 +52,6 @@ Split = Callable[[str], list[str]]
 
 class ReduceError(UserError, RuntimeError):
     """Reduce cannot finish (no shrinking, too deep, an over-long summary, an empty input); one line."""
-
-
-def count_words(text: str) -> int:
-    return len(text.split())
 
 
 @dataclass
@@ -63,9 +63,11 @@ class ReduceLevel:
     outputs: Optional[list[str]] = None
     output_tokens: Optional[int] = None
     seconds: Optional[float] = None  # filled by whoever times the summarizer
+    merge_words: Optional[int] = None  # a merge level: the words asked of each group's merge
+    max_new_tokens: Optional[int] = None  # a merge level: its calls' token cap (None: the config's)
 
     def to_dict(self, count_tokens: CountTokens) -> dict:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if v is not None or k not in ("merge_words", "max_new_tokens")}
         d["inputs"] = [{"sources": s, "tokens": count_tokens(t)} for s, t in zip(self.sources, self.inputs)]
         del d["sources"]
         if self.outputs is not None:
@@ -120,6 +122,8 @@ class ReduceState:
     split: Optional[Split] = None
     joiner: str = JOINER
     target_words: int = 0  # 0: one final summary; else stop once the joined summaries fit
+    mode: str = "select"  # with target_words: "select" sentences, or "merge" them with the model
+    fanin: int = 4  # merge: summaries per merge call
     levels: list[ReduceLevel] = field(default_factory=list)
     summary: Optional[str] = None
     unsupported: list[str] = field(default_factory=list)  # map sentences left out: their chunk does not back them
@@ -127,10 +131,13 @@ class ReduceState:
     @classmethod
     def start(cls, summaries: Sequence[str], count_tokens: CountTokens, budget: int, max_depth: int,
               split: Optional[Split] = None, joiner: str = JOINER, target_words: int = 0,
-              sources: Optional[Sequence[str]] = None, min_support: float = 0.0) -> "ReduceState":
+              sources: Optional[Sequence[str]] = None, min_support: float = 0.0,
+              mode: str = "select", fanin: int = 4) -> "ReduceState":
         """`sources[i]` is the chunk `summaries[i]` summarizes: with `min_support`, a sentence
         sharing fewer of its content words with its chunk is left out (`unsupported`)."""
-        state = cls(count_tokens, budget, max_depth, split, joiner, target_words)
+        if mode not in REDUCE_MODES or fanin < 2:
+            raise ReduceError(f"reduce mode must be one of {', '.join(REDUCE_MODES)} with fanin >= 2")
+        state = cls(count_tokens, budget, max_depth, split, joiner, target_words, mode, fanin)
         if not summaries:
             raise ReduceError("nothing to reduce: no partial summaries")
         _check_not_empty("map", summaries)
@@ -176,10 +183,12 @@ class ReduceState:
         if len(outputs) != len(level.inputs):
             raise ReduceError(f"{level.name}: got {len(outputs)} summaries for {len(level.inputs)} inputs")
         _check_not_empty(level.name, outputs)
+        if level.merge_words is not None:  # long outputs: a loop shows as sentences said twice
+            outputs = [drop_repeated_sentences(o) for o in outputs]
         level.outputs = list(outputs)
         level.output_tokens = self.count_tokens(self.joiner.join(outputs))
         if level.name == "final":
-            self.summary = level.outputs[0]
+            self.summary = level.outputs[0] if level.merge_words is None else drop_cut_off_end(level.outputs[0])
             return
         if level.output_tokens >= level.input_tokens:
             raise ReduceError(
@@ -194,6 +203,9 @@ class ReduceState:
         if self.target_words and count_words(joined) <= self.target_words:
             self.summary = joined  # the parts' summaries, in order, already fit the length asked
             return
+        if self.target_words and self.mode == "merge":
+            self._plan_merge(texts)
+            return
         if self.target_words:
             selected = select_sentences(texts, self.target_words, self.joiner)
             if selected is not None:  # lead sentences chosen from the parts: no model call rewrites them
@@ -202,17 +214,44 @@ class ReduceState:
         if total <= self.budget:
             self.levels.append(ReduceLevel("final", [list(range(len(texts)))], [joined], total))
             return
-        depth = sum(1 for lv in self.levels if lv.name.startswith("collapse"))
-        if depth >= self.max_depth:
-            raise ReduceError(
-                f"summaries still {total} tokens (budget {self.budget}) after {depth} collapse levels "
-                "(max_reduce_depth)"
-            )
+        depth = self._check_depth(total)
         pieces, sources = self._cut_oversized(texts)
         groups = balanced_groups(pieces, self.count_tokens, self.budget, 1, self.joiner)
         inputs = [self.joiner.join(pieces[j] for j in g) for g in groups]
         group_sources = [sorted({sources[j] for j in g}) for g in groups]
         self.levels.append(ReduceLevel(f"collapse-{depth + 1}", group_sources, inputs, total))
+
+    def _check_depth(self, total: int) -> int:
+        depth = sum(1 for lv in self.levels if lv.name.startswith(("collapse", "merge")))
+        if depth >= self.max_depth:
+            raise ReduceError(
+                f"summaries still {total} tokens (budget {self.budget}) after {depth} reduce levels (max_reduce_depth)"
+            )
+        return depth
+
+    def _plan_merge(self, texts: list[str]) -> None:
+        """The next merge level: groups of at most `fanin` consecutive summaries that fit the budget.
+
+        Each group is asked for its share of the level's words: the target split over the
+        groups, but at least one input's average length, so every level shrinks by about its
+        group size and no group is squeezed below what one part needs (the later parts are
+        what a single long merge drops). One group left: the final merge, `target_words`.
+        """
+        pieces, sources = self._cut_oversized(texts)
+        words = sum(count_words(p) for p in pieces)
+        room = self.budget - PART_LABEL_TOKENS * self.fanin
+        if len(pieces) <= self.fanin and self.count_tokens(self.joiner.join(pieces)) <= room:
+            groups = [list(range(len(pieces)))]
+        else:
+            self._check_depth(self.count_tokens(self.joiner.join(pieces)))
+            groups = balanced_groups(pieces, self.count_tokens, room, -(-len(pieces) // self.fanin), self.joiner)
+        final = len(groups) == 1
+        per_group = self.target_words if final else max(self.target_words // len(groups), words // len(pieces))
+        name = "final" if final else f"merge-{sum(1 for lv in self.levels if lv.name.startswith('merge')) + 1}"
+        inputs = [merge_input(pieces[j] for j in g) for g in groups]
+        group_sources = [sorted({sources[j] for j in g}) for g in groups]
+        self.levels.append(ReduceLevel(name, group_sources, inputs, self.count_tokens(self.joiner.join(pieces)),
+                                       merge_words=per_group, max_new_tokens=merge_token_cap(per_group)))
 
     def _cut_oversized(self, texts: list[str]) -> tuple[list[str], list[int]]:
         """Texts with any over-budget one split into pieces; pieces[i] came from texts[sources[i]]."""
@@ -234,148 +273,17 @@ class ReduceState:
         return pieces, sources
 
 
-# after . ! or ? (or one closing quote or bracket after them), before a capital, digit or
-# opening quote; not after a title such as "Mr." ("Mr. Magnan" is one sentence)
-_SENTENCE_BREAK = re.compile(
-    r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)]))(?<!\b(?:Mr|Ms|Dr|St|Jr|Sr)\.)(?<!\bMrs\.)\s+(?=[\"'“‘A-Z0-9])"
-)
-_WORD = re.compile(r"[a-z0-9]+")
-_SPEAKER = re.compile(r"^[A-Z][\w .'-]{0,30}:\s")  # "Project Manager: " opening a transcript line
+def merge_token_cap(words: int) -> int:
+    """New tokens for a merge asked for `words` words: room for them, not for a runaway."""
+    return int(words * TOKENS_PER_WORD) + 16
 
 
-def sentences(text: str) -> list[str]:
-    """A summary's sentences: highlight lines, each split after . ! or ? before a capital."""
-    return [s.strip() for line in text.splitlines() for s in _SENTENCE_BREAK.split(line.strip()) if s.strip()]
-
-
-def _said_already(words: set[str], said: list[set]) -> bool:
-    """Most of a sentence's longer words are in one sentence already chosen (chunks overlap)."""
-    return bool(words) and any(len(words & prior) >= 0.7 * len(words) for prior in said)
-
-
-def _long_words(sentence: str) -> set[str]:
-    return {w for w in _WORD.findall(sentence.lower()) if len(w) > 3}
-
-
-def _finished(sentence: str) -> bool:
-    return sentence.rstrip("\"'”’)").endswith((".", "!", "?"))
-
-
-def _informative(sentence: str) -> bool:
-    return len(set(content_words(_SPEAKER.sub("", sentence)))) >= MIN_CONTENT_WORDS
-
-
-def _worth_keeping(found: list[str]) -> list[str]:
-    """The sentences worth a place, in order (all of them if none is).
-
-    Left out: a last sentence the token limit cut off mid-way, and fillers with fewer than
-    MIN_CONTENT_WORDS content words besides a speaker label ("Project Manager: Yeah.",
-    "Magnan gulped audibly."), which a summary of a transcript or a story copies from it.
-    """
-    kept = list(found)
-    if len(kept) > 1 and not _finished(kept[-1]):
-        kept = kept[:-1]
-    informative = [s for s in kept if _informative(s)]
-    return informative or kept
-
-
-def select_sentences(texts: Sequence[str], target_words: int, joiner: str = JOINER) -> Optional[str]:
-    """Sentences of the parts' summaries that fit `target_words`, in document order; no model call.
-
-    A news-trained summarizer puts what matters first, and rewriting many parts into one
-    summary keeps mostly the first part (lead bias: measured, a model collapse of joined
-    articles covered 68% of them where this choice covers more). When one lead sentence of
-    every part fits, each part's first sentence, then its second, ... are taken round-robin
-    (`select_leads`). When they do not, the leads that add the most content words not said
-    yet are chosen (`most_informative_leads`): a stretch told twice (an article split over
-    two chunks) gives one sentence, and distinct stretches each get theirs. None when not
-    even one lead fits.
-    """
-    parts = [_worth_keeping(sentences(t)) or [t.strip()] for t in texts]
-    leads = select_leads(parts, target_words)
-    if leads is None:
-        leads = most_informative_leads(parts, target_words)
-    if not any(leads):
-        return None
-    return joiner.join(" ".join(chosen) for chosen in leads if chosen)
-
-
-def select_leads(parts: Sequence[Sequence[str]], target_words: int) -> Optional[list[list[str]]]:
-    """Per part, its sentences taken round-robin while they fit (None when not every lead fits).
-
-    A sentence mostly said already (overlapping chunks repeat themselves) is passed over.
-    """
-    chosen: list[list[str]] = [[] for _ in parts]
-    said: list[set] = []
-    used = 0
-    for rank in range(max((len(p) for p in parts), default=0)):
-        for i, part in enumerate(parts):
-            if rank >= len(part):
-                continue
-            long_words = _long_words(part[rank])
-            if _said_already(long_words, said):
-                continue
-            words = count_words(part[rank])
-            if used + words > target_words:
-                if rank == 0:
-                    return None
-                continue
-            chosen[i].append(part[rank])
-            said.append(long_words)
-            used += words
-    return chosen
-
-
-def most_informative_leads(parts: Sequence[Sequence[str]], target_words: int) -> list[list[str]]:
-    """Per part, its lead sentence or nothing: greedily, the lead with the most content words not
-    yet covered per word it costs, while leads fit (budgeted maximum coverage). Between equal
-    gains, the lead farthest from those already chosen, so no stretch is left out for want of
-    words. A lead cut off by the token limit or a filler is not a candidate: a part may go
-    without a sentence here anyway."""
-    leads = {i: p[0] for i, p in enumerate(parts) if p and _finished(p[0]) and _informative(p[0])}
-    if not leads:  # choosing, so pass over cut-off and filler leads, unless there is nothing else
-        leads = {i: p[0] for i, p in enumerate(parts) if p}
-    words_of = {i: set(content_words(lead)) for i, lead in leads.items()}
-    cost_of = {i: count_words(lead) for i, lead in leads.items()}
-    chosen: dict[int, str] = {}
-    covered: set[str] = set()
-    used = 0
-    while True:
-        best, best_key = None, (0.0, 0)
-        for i in leads:
-            if i in chosen or used + cost_of[i] > target_words:
-                continue
-            gain = len(words_of[i] - covered) / max(1, cost_of[i])
-            key = (gain, min((abs(i - j) for j in chosen), default=len(parts)))
-            if gain > 0 and key > best_key:
-                best, best_key = i, key
-        if best is None:
-            break
-        chosen[best] = leads[best]
-        covered |= words_of[best]
-        used += cost_of[best]
-    return [[chosen[i]] if i in chosen else [] for i in range(len(parts))]
-
-
-def support(sentence: str, source_words: set[str]) -> float:
-    """Share of a sentence's content words (stemmed, speaker label aside) that its source holds."""
-    words = set(content_words(_SPEAKER.sub("", sentence)))
-    return len(words & source_words) / len(words) if words else 1.0
-
-
-def supported_sentences(summary: str, source: str, min_support: float) -> tuple[list[str], list[str]]:
-    """(kept, dropped): the summary's sentences its source backs with >= min_support of their words.
-
-    A small news-trained model summarizing a chunk of a story or a meeting now and then writes
-    a news item it learned in training ("a new startup called Echo", "killed by a German
-    soldier in 1918"); such a sentence shares almost no content word with the chunk.
-    """
-    source_words = set(content_words(source))
-    kept: list[str] = []
-    dropped: list[str] = []
-    for sentence in sentences(summary):
-        (kept if support(sentence, source_words) >= min_support else dropped).append(sentence)
-    return kept, dropped
+def drop_cut_off_end(summary: str) -> str:
+    """A merge cut by its token cap mid-sentence: the whole sentences before the cut."""
+    found = sentences(summary)
+    if len(found) > 1 and not finished(found[-1]):
+        return summary[: summary.rindex(found[-1])].rstrip()
+    return summary
 
 
 def _check_not_empty(level_name: str, summaries: Sequence[str]) -> None:

@@ -2,73 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
-from core.config import load_config
-from mapreduce.chunking import Chunk
-from mapreduce.document import DocumentSteps
+from fakes import DOC_TEMPLATE, MARKER, REDUCE_TEMPLATE, Recorder, document, keep_markers, steps
 from mapreduce.reduce import JOINER
-
-DOC_TEMPLATE, REDUCE_TEMPLATE = "Doc: {article}", "Sum: {article}"
-MARKER = re.compile(r"\bM\d{3}\b")
-
-
-class WordChunker:
-    """Chunker stand-in: a token is a word; chunks are runs of chunk_size words, spans kept."""
-
-    chunk_overlap = 0
-
-    def __init__(self, chunk_size: int):
-        self.chunk_size = chunk_size
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def prompt_cost(self, text: str, template: str | None = None) -> int:
-        return len(text.split())
-
-    def whole(self, text: str, template: str, budget: int) -> Chunk | None:
-        if self.count_tokens(text) > budget:
-            return None
-        start, end = len(text) - len(text.lstrip()), len(text.rstrip())
-        return Chunk(0, start, end, text[start:end], self.count_tokens(text))
-
-    def split(self, text: str) -> list[Chunk]:
-        words = list(re.finditer(r"\S+", text))
-        runs = [words[i:i + self.chunk_size] for i in range(0, len(words), self.chunk_size)]
-        return [Chunk(i, r[0].start(), r[-1].end(), text[r[0].start():r[-1].end()], len(r)) for i, r in enumerate(runs)]
-
-    def split_text(self, text: str) -> list[str]:
-        return [c.text for c in self.split(text)]
-
-
-def keep_markers(texts: list[str], template: str) -> list[str]:
-    """A summarizer that keeps only the markers M###, in order: always shrinks, never drops one."""
-    return [" ".join(MARKER.findall(t)) for t in texts]
-
-
-class Recorder:
-    def __init__(self, fn=keep_markers):
-        self.fn = fn
-        self.calls: list[tuple[list[str], str]] = []
-
-    def __call__(self, texts, template):
-        self.calls.append((list(texts), template))
-        return self.fn(texts, template)
-
-
-def document(parts: int, filler: int = 9) -> str:
-    return "\n\n".join(" ".join([f"M{i:03d}"] + ["filler"] * filler) + "." for i in range(parts))
-
-
-def steps(events: list | None = None, **overrides) -> DocumentSteps:
-    values = {"max_length": 64, "max_new_tokens": 8, "chunk_size": 20, "chunk_overlap": 0,
-              "prompt_template": DOC_TEMPLATE, "reduce_template": REDUCE_TEMPLATE, **overrides}
-    cfg = load_config(None, values)
-    return DocumentSteps(cfg, WordChunker(cfg.mapreduce.chunk_size), on_progress=events.append if events is not None else None)
-
 
 def test_a_document_that_fits_is_one_final_pass():
     events: list = []
@@ -127,7 +64,13 @@ def test_a_sentence_its_chunk_does_not_back_is_left_out_and_recorded():
     assert kept.summary.count("Riots") == 5 and kept.tree["unsupported"] == []
 
 
-@pytest.mark.parametrize("text, message", [("   ", "document is empty"), (None, "document is empty")])
+@pytest.mark.parametrize("text, message", [
+    ("   ", "document is empty"),
+    (None, "a document must be text (str, or UTF-8 bytes), got NoneType"),
+    (123, "a document must be text (str, or UTF-8 bytes), got int"),
+    (b"\xff\xfe", "document is not UTF-8 text (invalid byte at offset 0)"),
+    ("\U0001F600 \U0001F389!! \u2764\ufe0f" * 50, "document has no words to summarize (only symbols, emoji or punctuation)"),
+])
 def test_an_empty_document_is_an_error_result(text, message):
     fake = Recorder()
     result = steps().run("e", text, fake)
@@ -141,14 +84,14 @@ def test_an_oversized_document_is_refused_before_any_summary():
 
 
 def test_an_empty_final_summary_fails_the_document():
-    result = steps().run("a", document(2), lambda texts, template: [""] * len(texts))
+    result = steps().run("a", document(2), lambda texts, template, cap: [""] * len(texts))
     assert result.summary is None
     assert result.error.startswith("the model returned an empty summary at the final level (no adapter loaded")
     assert result.tokens["empty_summaries"] == 1
 
 
 def test_an_empty_map_summary_fails_the_reduce():
-    def drop_second(texts, template):
+    def drop_second(texts, template, cap):
         return ["" if i == 1 else "x" for i in range(len(texts))]
 
     result = steps().run("a", document(10), drop_second)
@@ -174,3 +117,8 @@ def test_inputs_of_an_earlier_level_are_no_longer_live():
     second = job.advance()
     assert [i.level_no for i in second] == [1] and second[0].template == REDUCE_TEMPLATE
     assert not any(i.live for i in first) and second[0].live
+
+
+def test_utf8_bytes_are_read_as_text():
+    text = document(3)
+    assert steps().run("b", text.encode(), Recorder()).summary == steps().run("s", text, Recorder()).summary

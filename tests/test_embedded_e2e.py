@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import LONGDOCS, REPO
-from mapreduce.reduce import sentences
+from mapreduce.sentences import sentences
 
 pytestmark = pytest.mark.slow
 

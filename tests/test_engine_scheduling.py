@@ -1,7 +1,7 @@
 """The engine's scheduler on a fake pool (ray.wait/get faked): batching, admission, solo retries.
 
 No Ray and no model: the pool "summarizes" at submit time with a fake summarizer, and the
-chunker counts words (tests/test_document.py). The slow tests run the same engine on Ray.
+chunker counts words (tests/fakes.py). The slow tests run the same engine on Ray.
 """
 
 from __future__ import annotations
@@ -10,34 +10,8 @@ import pytest
 
 import mapreduce.engine as engine_module
 from mapreduce.engine import MapReduceEngine
-from test_document import WordChunker, document, keep_markers, steps
-
-
-class FakePool:
-    """Answers every call at once (in submit order); a batch holding `poison` raises."""
-
-    def __init__(self, workers: int = 2, poison: str = "poison"):
-        self.alive = [True] * workers
-        self.poison = poison
-        self.calls: list[tuple[int, list[str], str]] = []
-        self.caps: list[object] = []  # max_new_tokens of each call
-        self.answers: dict[object, object] = {}
-
-    def __len__(self):
-        return len(self.alive)
-
-    def submit(self, worker, texts, template, max_new_tokens=None):
-        ref = object()
-        self.calls.append((worker, list(texts), template))
-        self.caps.append(max_new_tokens)
-        if any(self.poison in t for t in texts):
-            self.answers[ref] = ValueError("injected failure")
-        else:
-            self.answers[ref] = keep_markers(texts, template)
-        return ref
-
-    def check_alive(self, index):
-        return True
+from fakes import FakePool, WordChunker, document, keep_markers, steps
+from mapreduce.api import Summarizer
 
 
 @pytest.fixture
@@ -71,8 +45,40 @@ def test_many_documents_give_the_same_results_as_one_at_a_time(pool):
         alone = steps().run(doc_id, text, keep_markers)
         got = results[doc_id]
         assert (got.summary, got.error, got.tokens) == (alone.summary, alone.error, alone.tokens), doc_id
-        assert [lv["name"] for lv in got.tree["levels"]] == [lv["name"] for lv in alone.tree["levels"]]
+        assert _untimed(got.tree) == _untimed(alone.tree), doc_id
     assert all(len(texts) <= 4 for _, texts, _ in pool.calls)
+
+
+def _untimed(tree):
+    """A result tree without its level timings (the only part two executors may differ in)."""
+    if tree is None:
+        return None
+    return {**tree, "levels": [{k: v for k, v in lv.items() if k != "seconds"} for lv in tree["levels"]]}
+
+
+class _FakeModelSummarizer(Summarizer):
+    """The in-process API with a fake model: its levels go through `keep_markers` in one call each."""
+
+    def __init__(self, cfg, chunker):
+        self.cfg, self.model, self.tokenizer = cfg, None, None
+        super().__init__(cfg, None, None, chunker=chunker)
+
+    def _generate(self, texts, template, max_new_tokens=None):
+        return keep_markers(texts, template)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"summary_words": 1000}, {"chunk_size": 10}, {"max_document_tokens": 50}])
+def test_the_api_and_the_engine_return_the_same_whole_result(pool, overrides):
+    """One lifecycle, two executors: the in-process Summarizer and the engine give equal DocumentResults."""
+    docs = {"a": document(10), "b": document(3), "c": document(12), "d": "  ", "e": " ".join(["w"] * 200)}
+    engine = _engine(pool, generation_batch_size=3, max_docs_in_flight=2, **overrides)
+    api = _FakeModelSummarizer(engine.cfg, WordChunker(engine.cfg.mapreduce.chunk_size))
+    for got in engine.run(docs.items()):
+        local = api.summarize(docs[got.doc_id], doc_id=got.doc_id)
+        assert type(local) is type(got)
+        assert (got.summary, got.error, got.tokens) == (local.summary, local.error, local.tokens), got.doc_id
+        assert _untimed(got.tree) == _untimed(local.tree), got.doc_id
+        assert set(got.timings) == set(local.timings)
 
 
 def test_map_calls_carry_their_own_token_cap_and_never_share_a_batch_with_others(pool):

@@ -107,7 +107,7 @@ def test_depth_is_capped():
 
 
 def test_zero_depth_allows_only_the_final_reduce():
-    with pytest.raises(ReduceError, match="after 0 collapse levels"):
+    with pytest.raises(ReduceError, match="after 0 reduce levels"):
         reduce_summaries([partial(i) for i in range(40)], keep_markers, words, budget=50, max_depth=0)
     state = reduce_summaries([partial(i) for i in range(3)], keep_markers, words, budget=50, max_depth=0)
     assert state.summary == "M000 M001 M002"
@@ -236,7 +236,7 @@ def test_balanced_groups_keep_order_fit_and_pair_small_texts(lengths, wanted):
 
 
 def test_select_sentences_keeps_every_part_in_order_then_second_sentences():
-    from mapreduce.reduce import select_sentences
+    from mapreduce.sentences import select_sentences
 
     parts = [
         "Alpha storm hits the coast .\nTwo towns were flooded overnight .",
@@ -252,7 +252,7 @@ def test_select_sentences_keeps_every_part_in_order_then_second_sentences():
 
 
 def test_select_sentences_skips_a_sentence_an_overlapping_chunk_already_gave():
-    from mapreduce.reduce import select_sentences
+    from mapreduce.sentences import select_sentences
 
     parts = ["Police arrested three suspects after the robbery .", "Police arrested three suspects after robbery .",
              "Stolen paintings were found in a warehouse ."]
@@ -268,7 +268,7 @@ def test_a_target_keeps_one_lead_per_part_without_rewriting_them():
 
 
 def test_select_sentences_drops_a_sentence_the_token_limit_cut_off():
-    from mapreduce.reduce import select_sentences
+    from mapreduce.sentences import select_sentences
 
     parts = ["Storm hits the coast . Towns were flooded and the", "Council votes on the budget ."]
     assert select_sentences(parts, 100) == JOINER.join(["Storm hits the coast .", "Council votes on the budget ."])
@@ -276,7 +276,7 @@ def test_select_sentences_drops_a_sentence_the_token_limit_cut_off():
 
 
 def test_select_sentences_passes_over_fillers_a_transcript_summary_copies():
-    from mapreduce.reduce import select_sentences
+    from mapreduce.sentences import select_sentences
 
     parts = ["Project Manager: Yeah. The team agreed the remote needs a rubber case .", "One, two, one, two."]
     assert select_sentences(parts, 100) == JOINER.join(["The team agreed the remote needs a rubber case .",
@@ -286,7 +286,7 @@ def test_select_sentences_passes_over_fillers_a_transcript_summary_copies():
 def test_leads_that_do_not_all_fit_give_each_story_one_sentence():
     """An article cut over two chunks gives two leads about the same people; a distinct story
     adds more new words, so with room for three leads the three stories get one each."""
-    from mapreduce.reduce import select_sentences
+    from mapreduce.sentences import select_sentences
 
     parts = [
         "Storm Ciara floods the Yorkshire coast and closes roads .",
@@ -319,7 +319,7 @@ def test_when_no_sentence_is_backed_the_summaries_are_kept_and_a_source_count_mi
 
 
 def test_choosing_among_leads_passes_over_a_cut_off_or_filler_lead():
-    from mapreduce.reduce import select_sentences
+    from mapreduce.sentences import select_sentences
 
     parts = [
         "Storm Ciara floods the Yorkshire coast and closes roads .",

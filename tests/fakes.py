@@ -1,0 +1,98 @@
+"""Test fakes shared by several test modules (no test module imports another).
+
+A chunker that counts words as tokens, summarizers that keep markers, a fake Ray pool: the
+document lifecycle and the engine's scheduler run on them with no model and no Ray.
+"""
+
+from __future__ import annotations
+
+import re
+
+from core.config import load_config
+from mapreduce.chunking import Chunk
+from mapreduce.document import DocumentSteps
+
+DOC_TEMPLATE, REDUCE_TEMPLATE = "Doc: {article}", "Sum: {article}"
+MARKER = re.compile(r"\bM\d{3}\b")
+
+
+class WordChunker:
+    """Chunker stand-in: a token is a word; chunks are runs of chunk_size words, spans kept."""
+
+    chunk_overlap = 0
+
+    def __init__(self, chunk_size: int):
+        self.chunk_size = chunk_size
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def prompt_cost(self, text: str, template: str | None = None) -> int:
+        return len(text.split())
+
+    def whole(self, text: str, template: str, budget: int) -> Chunk | None:
+        if self.count_tokens(text) > budget:
+            return None
+        start, end = len(text) - len(text.lstrip()), len(text.rstrip())
+        return Chunk(0, start, end, text[start:end], self.count_tokens(text))
+
+    def split(self, text: str) -> list[Chunk]:
+        words = list(re.finditer(r"\S+", text))
+        runs = [words[i:i + self.chunk_size] for i in range(0, len(words), self.chunk_size)]
+        return [Chunk(i, r[0].start(), r[-1].end(), text[r[0].start():r[-1].end()], len(r)) for i, r in enumerate(runs)]
+
+    def split_text(self, text: str) -> list[str]:
+        return [c.text for c in self.split(text)]
+
+
+def keep_markers(texts: list[str], template: str, max_new_tokens=None) -> list[str]:
+    """A summarizer that keeps only the markers M###, in order: always shrinks, never drops one."""
+    return [" ".join(MARKER.findall(t)) for t in texts]
+
+
+class Recorder:
+    def __init__(self, fn=keep_markers):
+        self.fn = fn
+        self.calls: list[tuple[list[str], str]] = []
+
+    def __call__(self, texts, template, max_new_tokens=None):
+        self.calls.append((list(texts), template))
+        return self.fn(texts, template)
+
+
+def document(parts: int, filler: int = 9) -> str:
+    return "\n\n".join(" ".join([f"M{i:03d}"] + ["filler"] * filler) + "." for i in range(parts))
+
+
+def steps(events: list | None = None, **overrides) -> DocumentSteps:
+    values = {"max_length": 64, "max_new_tokens": 8, "chunk_size": 20, "chunk_overlap": 0,
+              "prompt_template": DOC_TEMPLATE, "reduce_template": REDUCE_TEMPLATE, **overrides}
+    cfg = load_config(None, values)
+    return DocumentSteps(cfg, WordChunker(cfg.mapreduce.chunk_size), on_progress=events.append if events is not None else None)
+
+
+class FakePool:
+    """Answers every call at once (in submit order); a batch holding `poison` raises."""
+
+    def __init__(self, workers: int = 2, poison: str = "poison"):
+        self.alive = [True] * workers
+        self.poison = poison
+        self.calls: list[tuple[int, list[str], str]] = []
+        self.caps: list[object] = []  # max_new_tokens of each call
+        self.answers: dict[object, object] = {}
+
+    def __len__(self):
+        return len(self.alive)
+
+    def submit(self, worker, texts, template, max_new_tokens=None):
+        ref = object()
+        self.calls.append((worker, list(texts), template))
+        self.caps.append(max_new_tokens)
+        if any(self.poison in t for t in texts):
+            self.answers[ref] = ValueError("injected failure")
+        else:
+            self.answers[ref] = keep_markers(texts, template)
+        return ref
+
+    def check_alive(self, index):
+        return True
