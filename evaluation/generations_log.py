@@ -35,7 +35,7 @@ GENERATIONS_FILE = "generations.jsonl"
 
 def system_setup(cfg: Config, system: str) -> str:
     """A short hash of every setting that changes a system's outputs (resume reuses only matches)."""
-    from evaluation.metrics import sentence_splitter_name
+    from core.rouge import sentence_splitter_name
 
     if system == "lead3":
         settings: dict = {"splitter": sentence_splitter_name()}

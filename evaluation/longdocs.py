@@ -13,7 +13,7 @@ Systems (all with the model and adapter of the config):
                documents share batches on the Ray actors).
     truncate   one pass in this process: core.prompt.build_prompt_ids cuts the document to
                max_length - max_new_tokens, core.generation.generate_summaries generates.
-    leadk      the document's first sentences (evaluation.metrics.split_sentences), cut to
+    leadk      the document's first sentences (core.rouge.split_sentences), cut to
                exactly as many words as its map-reduce summary (the reference's length
                when map-reduce failed or has not run): a baseline of the same length.
 
@@ -60,13 +60,13 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from core.config import Config, ConfigError, add_config_flags, config_from_args
 from core.data import DataError
 from core.errors import UserError, typed_line
+from core.rouge import ROUGE_TYPES, rouge_recall_f1
 from core.text import content_words
 from evaluation.generations_log import AppendLog, read_records
 from evaluation.report import _fmt, _no_nan  # one number format and strict-JSON rule for both reports
@@ -75,7 +75,6 @@ log = logging.getLogger("longdocs")
 
 SYSTEMS = ("mapreduce", "truncate", "leadk")  # run order: leadk's length needs mapreduce
 DISPLAY_NAMES = {"mapreduce": "Map-reduce", "truncate": "Truncate (one pass)", "leadk": "Lead-k (length-matched)"}
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 SCORE_KEYS = tuple(f"{r}_{kind}" for kind in ("recall", "f1") for r in ROUGE_TYPES)
 POSITIONS = ("first", "middle", "last")
 LOG_FILE = "longdoc_generations.jsonl"
@@ -247,7 +246,7 @@ def aggregate_coverage(rows: Iterable[dict]) -> dict:
 
 def lead_k(text: str, words: int) -> str:
     """The opening sentences, the last one cut, to exactly `words` words (or the whole text)."""
-    from evaluation.metrics import split_sentences
+    from core.rouge import split_sentences
 
     out: list[str] = []
     left = words
@@ -262,7 +261,7 @@ def lead_k(text: str, words: int) -> str:
 
 def leadk_budget(doc: LongDoc, mapreduce_record: Optional[dict]) -> tuple[int, str]:
     """(words, source): the map-reduce summary's length, else the reference's."""
-    from evaluation.metrics import word_count
+    from core.rouge import word_count
 
     if mapreduce_record and mapreduce_record.get("error") is None and mapreduce_record.get("summary"):
         return word_count(mapreduce_record["summary"]), "mapreduce"
@@ -297,7 +296,7 @@ def model_setups(cfg: Config) -> dict[str, str]:
 
 
 def leadk_setup(words: int) -> str:
-    from evaluation.metrics import sentence_splitter_name
+    from core.rouge import sentence_splitter_name
 
     return f"lk-{sentence_splitter_name()}-{words}"
 
@@ -460,23 +459,9 @@ def run_leadk(docs: list[LongDoc], out: GenerationLog, budgets: dict[str, tuple[
 # --- scoring --------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _scorer():
-    """metrics.rouge_scores returns F1 only; recall needs rouge_score itself (same settings)."""
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-
-
-def rouge_recall_f1(summary: str, reference: str) -> dict[str, float]:
-    scores = _scorer().score(reference.strip(), summary)
-    return {**{f"{r}_recall": scores[r].recall for r in ROUGE_TYPES},
-            **{f"{r}_f1": scores[r].fmeasure for r in ROUGE_TYPES}}
-
-
 def score_record(doc: LongDoc, rec: Optional[dict], threshold: float) -> dict:
     """One (system, document) row for the report: scores and coverage, or its error."""
-    from evaluation.metrics import word_count
+    from core.rouge import word_count
 
     if rec is None or rec.get("error") is not None:
         return {"error": rec["error"] if rec else "not generated"}
@@ -512,7 +497,7 @@ def paired_difference(a: list[dict], b: list[dict], key: str, samples: int) -> d
 
 def build_result(docs: list[LongDoc], rows: dict[str, list[dict]], samples: int) -> dict:
     """The results.json body (config and settings are added by the caller)."""
-    from evaluation.metrics import word_count
+    from core.rouge import word_count
 
     result: dict = {
         "num_documents": len(docs),

@@ -35,7 +35,8 @@ def _mean(values) -> float:
 
 def aggregate_scores(cfg: Config, examples: list["Example"], systems: list[str], scores: dict, errors: dict) -> dict:
     """Per-example scores -> the results dict: per-system means and intervals, adapter - baseline deltas."""
-    from evaluation.metrics import bootstrap_ci, sentence_splitter_name, word_count
+    from core.rouge import sentence_splitter_name, word_count
+    from evaluation.metrics import bootstrap_ci
 
     samples = cfg.evaluation.bootstrap_samples
     result: dict = {
