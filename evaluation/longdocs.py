@@ -69,7 +69,7 @@ from core.errors import UserError, typed_line
 from core.rouge import ROUGE_TYPES, rouge_recall_f1
 from core.text import content_words
 from evaluation.generations_log import AppendLog, read_records
-from evaluation.report import _fmt, _no_nan  # one number format and strict-JSON rule for both reports
+from evaluation.report import format_number, mean_or_nan, no_nan  # one format, mean and strict-JSON rule for both reports
 
 log = logging.getLogger("longdocs")
 
@@ -473,14 +473,9 @@ def score_record(doc: LongDoc, rec: Optional[dict], threshold: float) -> dict:
     return row
 
 
-def _mean(values) -> float:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else float("nan")
-
-
 def system_summary(rows: list[dict]) -> dict:
     ok = [r for r in rows if "error" not in r]
-    summary = {k: _mean(r[k] for r in ok) for k in (*SCORE_KEYS, "words", "seconds")}
+    summary = {k: mean_or_nan(r[k] for r in ok) for k in (*SCORE_KEYS, "words", "seconds")}
     summary["num_scored"], summary["num_failed"] = len(ok), len(rows) - len(ok)
     return summary
 
@@ -491,7 +486,7 @@ def paired_difference(a: list[dict], b: list[dict], key: str, samples: int) -> d
     from evaluation.metrics import bootstrap_ci
 
     diffs = [x[key] - y[key] for x, y in zip(a, b) if "error" not in x and "error" not in y]
-    return {"metric": key, "mean": _mean(diffs), "ci95": list(bootstrap_ci(diffs, samples, seed=BOOTSTRAP_SEED)),
+    return {"metric": key, "mean": mean_or_nan(diffs), "ci95": list(bootstrap_ci(diffs, samples, seed=BOOTSTRAP_SEED)),
             "num_paired": len(diffs)}
 
 
@@ -501,8 +496,8 @@ def build_result(docs: list[LongDoc], rows: dict[str, list[dict]], samples: int)
 
     result: dict = {
         "num_documents": len(docs),
-        "avg_document_tokens": _mean(d.tokens for d in docs),
-        "avg_reference_words": _mean(word_count(d.reference) for d in docs if d.reference.strip()),
+        "avg_document_tokens": mean_or_nan(d.tokens for d in docs),
+        "avg_reference_words": mean_or_nan(word_count(d.reference) for d in docs if d.reference.strip()),
         "systems": {s: system_summary(r) for s, r in rows.items()},
         "comparison": {},
     }
@@ -521,23 +516,23 @@ def build_result(docs: list[LongDoc], rows: dict[str, list[dict]], samples: int)
 
 
 def _pct(share: float, counts: dict) -> str:
-    return f"{_fmt(share * 100, digits=1)}% ({counts['covered']}/{counts['total']})" if counts["total"] else "n/a"
+    return f"{format_number(share * 100, digits=1)}% ({counts['covered']}/{counts['total']})" if counts["total"] else "n/a"
 
 
 def markdown_report(result: dict) -> str:
     head = ["System", "R1 recall", "R2 recall", "RL recall", "R1 F1", "R2 F1", "RL F1", "Words", "s/doc", "Failures"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for system, v in result["systems"].items():
-        cells = [_fmt(v[k]) for k in SCORE_KEYS] + [_fmt(v["words"], digits=1), _fmt(v["seconds"], digits=2), str(v["num_failed"])]
+        cells = [format_number(v[k]) for k in SCORE_KEYS] + [format_number(v["words"], digits=1), format_number(v["seconds"], digits=2), str(v["num_failed"])]
         lines.append(f"| {DISPLAY_NAMES[system]} | " + " | ".join(cells) + " |")
     notes = [f"{result['num_documents']} documents ({result.get('data', '?')}: {result.get('source', '?')}); "
-             f"{_fmt(result['avg_document_tokens'], digits=0)} {result.get('token_unit', 'tokens')} and references of "
-             f"{_fmt(result['avg_reference_words'], digits=1)} words on average."]
+             f"{format_number(result['avg_document_tokens'], digits=0)} {result.get('token_unit', 'tokens')} and references of "
+             f"{format_number(result['avg_reference_words'], digits=1)} words on average."]
     diff = result["comparison"].get("mapreduce_minus_truncate")
     if diff:
         lo, hi = diff["ci95"]
-        notes.append(f"Map-reduce − truncate: ROUGE-1 recall {_fmt(diff['mean'], signed=True)}, 95% paired "
-                     f"bootstrap CI [{_fmt(lo, signed=True)}, {_fmt(hi, signed=True)}] over {diff['num_paired']} documents.")
+        notes.append(f"Map-reduce − truncate: ROUGE-1 recall {format_number(diff['mean'], signed=True)}, 95% paired "
+                     f"bootstrap CI [{format_number(lo, signed=True)}, {format_number(hi, signed=True)}] over {diff['num_paired']} documents.")
     if "leadk" in result["systems"]:
         notes.append("Lead-k: the document's first sentences, cut to its map-reduce summary's length "
                      "(the reference's where map-reduce failed or has not run).")
@@ -574,9 +569,9 @@ def write_reports(out_dir: Path, docs: list[LongDoc], rows: dict[str, list[dict]
     for i, doc in enumerate(docs):
         entry = {"id": doc.id, "tokens": doc.tokens, "reference": doc.reference,
                  "articles": [a.id for a in doc.articles], "systems": {s: r[i] for s, r in rows.items()}}
-        per_doc.append(json.dumps(_no_nan(entry), ensure_ascii=False))
+        per_doc.append(json.dumps(no_nan(entry), ensure_ascii=False))
     _write_atomic(out_dir / "per_document.jsonl", "\n".join(per_doc) + "\n")
-    _write_atomic(out_dir / "results.json", json.dumps(_no_nan(result), indent=2, ensure_ascii=False) + "\n")
+    _write_atomic(out_dir / "results.json", json.dumps(no_nan(result), indent=2, ensure_ascii=False) + "\n")
     report = markdown_report(result)
     _write_atomic(out_dir / "results.md", report)
     return report
