@@ -12,7 +12,7 @@ Systems (all with the model and adapter of the config):
     mapreduce  open_engine + engine.run over every document at once (chunks of several
                documents share batches on the Ray actors).
     truncate   one pass in this process: core.prompt.build_prompt_ids cuts the document to
-               max_length - max_new_tokens, core.generation.generate_summaries generates.
+               max_length - max_new_tokens, core.generation.generate_isolated generates.
     leadk      the document's first sentences (core.rouge.split_sentences), cut to
                exactly as many words as its map-reduce summary (the reference's length
                when map-reduce failed or has not run): a baseline of the same length.
@@ -63,7 +63,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from core.config import Config, ConfigError, add_config_flags, config_from_args
 from core.errors import UserError, typed_line
@@ -157,32 +157,13 @@ def _load_truncate_model(cfg: Config):
     return load_for_inference(cfg.model)
 
 
-def _generate_logged(model, tokenizer, cfg: Config, prompts: list, on_done: Callable) -> set[int]:
-    """generate_summaries with per-batch timing; returns the prompt indices it finished."""
-    from core.generation import generate_summaries
-
-    finished: set[int] = set()
-    clock = [time.perf_counter()]
-
-    def batch_done(indices: list[int], texts: list[str]) -> None:
-        now = time.perf_counter()
-        for i, text in zip(indices, texts):
-            on_done(i, text, None, (now - clock[0]) / len(indices))
-            finished.add(i)
-        clock[0] = now
-
-    try:
-        generate_summaries(model, tokenizer, prompts, cfg.generation, on_batch_done=batch_done)
-    except OSError:
-        raise  # writing the log failed (disk full): not the model's fault, stop
-    except Exception as exc:  # e.g. out of memory on a long batch: the rest goes one by one
-        log.warning("a truncate batch failed (%s); generating the rest one at a time", type(exc).__name__)
-    return finished
-
-
 def run_truncate(cfg: Config, todo: list[LongDoc], out: LongdocLog, setup: str, progress: bool) -> None:
-    """One pass per document, cut to the prompt budget, batched by length in this process."""
-    from core.generation import generate_summaries
+    """One pass per document, cut to the prompt budget, batched by length in this process.
+
+    core.generation.generate_isolated retries a failing batch (e.g. out of memory) one
+    document at a time, so one bad document fails alone; seconds are batch time / batch size.
+    """
+    from core.generation import generate_isolated
     from core.prompt import build_prompt_ids
 
     model, tokenizer = _load_truncate_model(cfg)
@@ -195,22 +176,20 @@ def run_truncate(cfg: Config, todo: list[LongDoc], out: LongdocLog, setup: str, 
             else:
                 out.add("truncate", doc, setup, error="empty document")
                 bar.update(1)
+        clock = [time.perf_counter()]
 
-        def record(i: int, text: Optional[str], error: Optional[str], seconds: Optional[float]) -> None:
-            if error is None and not text.strip():
-                error = "the model returned an empty summary"
-            out.add("truncate", docs[i], setup, summary=text if error is None else None, error=error,
-                    seconds=seconds, prompt_tokens=len(prompts[i]))
-            bar.update(1)
+        def record(indices: list[int], outcomes: list) -> None:
+            now = time.perf_counter()
+            for i, (text, error) in zip(indices, outcomes):
+                seconds = None if error is not None else (now - clock[0]) / len(indices)
+                if error is None and not text.strip():
+                    error = "the model returned an empty summary"
+                out.add("truncate", docs[i], setup, summary=text if error is None else None, error=error,
+                        seconds=seconds, prompt_tokens=len(prompts[i]))
+                bar.update(1)
+            clock[0] = now
 
-        finished = _generate_logged(model, tokenizer, cfg, prompts, record)
-        for i in sorted(set(range(len(prompts))) - finished):
-            started = time.perf_counter()
-            try:
-                (text,) = generate_summaries(model, tokenizer, [prompts[i]], cfg.generation)
-                record(i, text, None, time.perf_counter() - started)
-            except Exception as exc:
-                record(i, None, f"generation failed: {typed_line(exc)}", None)
+        generate_isolated(model, tokenizer, prompts, cfg.generation, on_batch_done=record)
 
 
 def leadk_budgets(docs: list[LongDoc], out: LongdocLog, mapreduce_setup: str) -> dict[str, tuple[int, str]]:

@@ -298,27 +298,32 @@ def test_truncate_retries_a_failed_batch_one_document_at_a_time(tmp_path, monkey
 
     bad = qwen_tokenizer("poison", add_special_tokens=False)["input_ids"][0]
 
-    def fake_generate(model, tokenizer, prompts, gen, on_batch_done=None, **kwargs):
-        if on_batch_done is not None:  # the batched call: one batch finishes, the next runs out of memory
-            on_batch_done([0], ["first summary"])
-            raise RuntimeError("CUDA out of memory")
+    def fake_generate(model, tokenizer, prompts, gen):
+        if len(prompts) > 1:  # the longer batch finishes, the next (with the poison) runs out of memory
+            if any(bad in p for p in prompts):
+                raise RuntimeError("CUDA out of memory")
+            return ["first summary"] * len(prompts)
         if bad in prompts[0]:
             raise RuntimeError("boom\nmore detail")
         return ["alone summary"]
 
     monkeypatch.setattr(ld, "_load_truncate_model", lambda cfg: (object(), qwen_tokenizer))
-    monkeypatch.setattr(core.generation, "generate_summaries", fake_generate)
-    docs = [LongDoc("a", "Alpha text.", "r"), LongDoc("b", "   ", "r"), LongDoc("c", "Gamma text.", "r"),
-            LongDoc("d", "poison text.", "r")]
+    monkeypatch.setattr(core.generation, "generate_batch", fake_generate)
+    docs = [LongDoc("a", "Alpha text, longer than the two short ones.", "r"), LongDoc("b", "   ", "r"),
+            LongDoc("c", "Gamma text.", "r"), LongDoc("d", "poison text.", "r"),
+            LongDoc("e", "Epsilon text, longer than the two short ones.", "r")]
     out = LongdocLog(tmp_path / "log.jsonl")
     from core.config import load_config
 
-    ld.run_truncate(load_config(None, {"max_length": 256, "max_new_tokens": 16}), docs, out, "s", progress=False)
+    cfg = load_config(None, {"max_length": 256, "max_new_tokens": 16, "generation_batch_size": 2})
+    ld.run_truncate(cfg, docs, out, "s", progress=False)
     recs = {d.id: out.get("truncate", d, "s") for d in docs}
     assert recs["a"]["summary"] == "first summary" and recs["a"]["seconds"] >= 0 and recs["a"]["prompt_tokens"] > 0
+    assert recs["e"]["summary"] == "first summary"
     assert recs["b"]["error"] == "empty document"
     assert recs["c"]["summary"] == "alone summary" and recs["c"]["error"] is None
     assert recs["d"]["summary"] is None and recs["d"]["error"] == "generation failed: RuntimeError: boom"
+    assert recs["d"]["seconds"] is None
 
 
 # --- reports ----------------------------------------------------------------------------
