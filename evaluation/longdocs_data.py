@@ -52,9 +52,16 @@ class LongDoc:
 
 
 def read_jsonl(path: Path, fields: tuple[str, ...]) -> Iterable[dict]:
-    """Rows of a JSONL file; a missing file, bad line or missing field is one DataError."""
+    """Rows of a JSONL file; a missing file, bad encoding, bad line or missing field is one DataError."""
     if not path.is_file():
         raise DataError(f"file not found: {path}")
+    try:
+        yield from _rows(path, fields)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _rows(path: Path, fields: tuple[str, ...]) -> Iterable[dict]:
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -67,6 +74,18 @@ def read_jsonl(path: Path, fields: tuple[str, ...]) -> Iterable[dict]:
             if missing:
                 raise DataError(f"{path} line {number}: missing field(s) {', '.join(missing)}")
             yield row
+
+
+def _not_utf8(path: Path) -> DataError:
+    """Where the first bad byte is, in the file: the decoder's own position is within its block."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return DataError(f"{path}: not UTF-8 text")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return DataError(f"{path}: not UTF-8 text (byte {exc.start}, line {line}: {exc.reason}); "
+                         "save it as UTF-8")
 
 
 def load_longdocs(path: Path, limit: int) -> list[LongDoc]:

@@ -410,6 +410,19 @@ def test_errors_are_one_line(tmp_path, capsys, extra, message):
     assert "Traceback" not in "\n".join(err)
 
 
+def test_a_longdocs_file_that_is_not_utf8_is_one_line_without_resume_advice(tmp_path, capsys):
+    data, out_dir = tmp_path / "latin1.jsonl", tmp_path / "out"
+    good = json.dumps({"id": "a", "document": "fine", "summary": "s"}) + "\n"
+    data.write_bytes(good.encode() + b'{"id": "b", "document": "caf\xe9", "summary": "s"}\n')
+    assert main(["--longdocs-file", str(data), "--out-dir", str(out_dir), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {data}: not UTF-8"), err
+    assert f"byte {len(good) + 28}" in err[0] and "line 2" in err[0]
+    assert "resume" not in err[0] and not out_dir.exists()
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_longdocs(data, 1)  # the bad row is beyond the limit, but the file is read in blocks
+
+
 def test_ctrl_c_prints_a_resume_hint(tmp_path, monkeypatch, capsys):
     def interrupted(cfg, args):
         raise KeyboardInterrupt
