@@ -58,6 +58,7 @@ from typing import Callable, Optional
 
 from core.config import Config, add_config_flags, config_from_args
 from core.errors import UserError, first_line
+from evaluation.longdocs_data import load_longdocs
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_LONGDOCS = REPO.parent / "shared" / "data" / "longdocs" / "longdocs.jsonl"
@@ -76,27 +77,11 @@ def say(message: str) -> None:
 # --- inputs --------------------------------------------------------------------------
 
 
-def load_longdocs(path: Path, n: int) -> list[tuple[str, str]]:
-    """The first n (id, document) rows; BenchError for a missing file or bad rows, not a traceback."""
+def first_documents(path: Path, n: int) -> list[tuple[str, str]]:
+    """The first n (id, document) rows, read by evaluation's loader: the same checks and messages."""
     if n <= 0:
         raise BenchError(f"--num-docs must be positive, got {n}")
-    if not path.is_file():
-        raise BenchError(f"longdocs file not found: {path}")
-    docs = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                docs.append((str(row["id"]), row["document"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise BenchError(f"{path}:{number}: not a row with id and document ({first_line(exc)})") from None
-            if len(docs) == n:
-                break
-    if not docs:
-        raise BenchError(f"{path}: no documents")
-    return docs
+    return [(doc.id, doc.text) for doc in load_longdocs(path, n)]
 
 
 def engine_threads(cfg: Config) -> int:
@@ -462,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_longdocs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-docs", type=int, default=3)
-    parser.add_argument("--longdocs-file", default=str(DEFAULT_LONGDOCS), help="JSONL with id and document fields")
+    parser.add_argument("--longdocs-file", default=str(DEFAULT_LONGDOCS), help="JSONL with id, document and summary fields")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     add_config_flags(parser, sections=("model", "data", "generation", "mapreduce", "batch"))
     return parser
@@ -480,7 +465,7 @@ def load_cfg(args: argparse.Namespace) -> Config:
 
 def bench(args: argparse.Namespace) -> int:
     cfg = load_cfg(args)
-    docs = load_longdocs(Path(args.longdocs_file), args.num_docs)
+    docs = first_documents(Path(args.longdocs_file), args.num_docs)
     threads = engine_threads(cfg)
     say(f"{len(docs)} documents; baseline and limit with {threads} threads (the engine's actors together)")
     model, tokenizer = load_baseline_model(cfg, threads)

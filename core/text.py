@@ -1,6 +1,6 @@
 """Content words: what a summary must carry (names, numbers, events), without function words.
 
-One home for the coverage metric (evaluation.longdocs) and for the reduce, which checks that a
+One home for the coverage metric (evaluation.coverage) and for the reduce, which checks that a
 chunk's summary says what the chunk says (mapreduce.reduce).
 """
 

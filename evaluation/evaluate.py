@@ -132,7 +132,8 @@ def generate_all(cfg: Config, todo: dict[str, list[Example]], out: GenerationsLo
 def score_all(cfg: Config, examples: list[Example], records: dict, systems: list[str], encoder: tuple[str, int]):
     """Per-example scores {(system, id): {metric: value}} and errors {(system, id): msg}."""
     from core.models import resolve_device
-    from evaluation.metrics import bertscore_f1, rouge_scores, word_count
+    from core.rouge import rouge_scores, word_count
+    from evaluation.metrics import bertscore_f1
 
     scores: dict[tuple[str, str], dict] = {}
     errors: dict[tuple[str, str], str] = {}

@@ -9,9 +9,8 @@ record would be glued onto the half line, and both would be unreadable.
     read_records(path, key)   (key(record), record) for every whole record, in file order
     AppendLog(path)           write(record) / flush() / close(); opens on first use
     read_generations, GenerationsLog   evaluation.evaluate's log (generations.jsonl), by (system, id)
-
-evaluation.longdocs keeps its own key (system, id, setup, text hash) and file
-(longdoc_generations.jsonl) on the same reading and appending.
+    LongdocLog                         evaluation.longdocs' log (longdoc_generations.jsonl),
+                                       by (system, id, setup, text hash)
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from core.config import Config
 
 if TYPE_CHECKING:
     from evaluation.examples import Example
+    from evaluation.longdocs_data import LongDoc
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ GENERATIONS_FILE = "generations.jsonl"
 
 def system_setup(cfg: Config, system: str) -> str:
     """A short hash of every setting that changes a system's outputs (resume reuses only matches)."""
-    from evaluation.metrics import sentence_splitter_name
+    from core.rouge import sentence_splitter_name
 
     if system == "lead3":
         settings: dict = {"splitter": sentence_splitter_name()}
@@ -155,3 +155,43 @@ class GenerationsLog:
 
     def close(self) -> None:
         self.log.close()
+
+
+# --- evaluation.longdocs' log: longdoc_generations.jsonl, by (system, id, setup, text) ---
+
+
+class LongdocLog:
+    """Append-only JSONL of (system, doc) outputs; the latest line per settings + text wins.
+
+    evaluation.longdocs' log (longdoc_generations.jsonl): the key is (system, id, setup,
+    doc_sha), and every record is flushed as it is added.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.latest: dict[tuple, dict] = dict(read_records(path, _longdoc_key))
+        self.log = AppendLog(path)
+
+    def get(self, system: str, doc: "LongDoc", setup: str) -> Optional[dict]:
+        return self.latest.get((system, doc.id, setup, doc.sha))
+
+    def done(self, system: str, doc: "LongDoc", setup: str) -> bool:
+        """Finished without error under these settings (failures are retried)."""
+        rec = self.get(system, doc, setup)
+        return rec is not None and rec.get("error") is None
+
+    def add(self, system: str, doc: "LongDoc", setup: str, summary: Optional[str] = None,
+            error: Optional[str] = None, **extra) -> dict:
+        rec = {"system": system, "id": doc.id, "setup": setup, "doc_sha": doc.sha,
+               "summary": summary, "error": error, **extra}
+        self.log.write(rec)
+        self.log.flush()  # one document at a time: an interruption loses nothing finished
+        self.latest[(system, doc.id, setup, doc.sha)] = rec
+        return rec
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def _longdoc_key(rec: dict) -> tuple:
+    return (rec["system"], rec["id"], rec["setup"], rec["doc_sha"])

@@ -6,7 +6,7 @@ model that does not beat it has not learned much beyond copying the lead.
 
 from __future__ import annotations
 
-from evaluation.metrics import split_sentences
+from core.rouge import split_sentences
 
 
 def lead3(article: str, num_sentences: int = 3) -> str:

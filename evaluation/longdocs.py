@@ -12,8 +12,8 @@ Systems (all with the model and adapter of the config):
     mapreduce  open_engine + engine.run over every document at once (chunks of several
                documents share batches on the Ray actors).
     truncate   one pass in this process: core.prompt.build_prompt_ids cuts the document to
-               max_length - max_new_tokens, core.generation.generate_summaries generates.
-    leadk      the document's first sentences (evaluation.metrics.split_sentences), cut to
+               max_length - max_new_tokens, core.generation.generate_isolated generates.
+    leadk      the document's first sentences (core.rouge.split_sentences), cut to
                exactly as many words as its map-reduce summary (the reference's length
                when map-reduce failed or has not run): a baseline of the same length.
 
@@ -46,6 +46,10 @@ outputs/longdocs_joined; the config's eval_output_dir is evaluate's and is not u
 
 Errors (a missing file, a bad flag or config value) are one `error: ...` line and exit 1;
 Ctrl-C exits 130 with a resume hint.
+
+This file holds the CLI, the three systems and the order they run in. Its neighbours:
+evaluation.longdocs_data (inputs), evaluation.coverage (coverage, lead-k),
+evaluation.longdocs_report (scores and files), generations_log.LongdocLog (resume log).
 """
 
 from __future__ import annotations
@@ -58,218 +62,27 @@ import logging
 import os
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 from core.config import Config, ConfigError, add_config_flags, config_from_args
-from core.data import DataError
 from core.errors import UserError, typed_line
-from core.text import content_words
-from evaluation.generations_log import AppendLog, read_records
-from evaluation.report import _fmt, _no_nan  # one number format and strict-JSON rule for both reports
+from core.rouge import sentence_splitter_name
+from evaluation.coverage import lead_k, leadk_budget
+from evaluation.generations_log import LongdocLog
+from evaluation.longdocs_data import LongDoc, load_joined, load_longdocs
+from evaluation.longdocs_report import build_result, score_record, write_reports
 
 log = logging.getLogger("longdocs")
 
 SYSTEMS = ("mapreduce", "truncate", "leadk")  # run order: leadk's length needs mapreduce
-DISPLAY_NAMES = {"mapreduce": "Map-reduce", "truncate": "Truncate (one pass)", "leadk": "Lead-k (length-matched)"}
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-SCORE_KEYS = tuple(f"{r}_{kind}" for kind in ("recall", "f1") for r in ROUGE_TYPES)
-POSITIONS = ("first", "middle", "last")
 LOG_FILE = "longdoc_generations.jsonl"
-JOINER = "\n\n"
 DEFAULT_LONGDOCS = "../shared/data/longdocs/longdocs.jsonl"
 DEFAULT_TEST_FILE = "../shared/data/cnndm/test.jsonl"
 DEFAULT_OUT_DIRS = {"longdocs": "outputs/longdocs", "joined": "outputs/longdocs_joined"}
 
 
-@dataclass
-class Article:
-    """One news article inside a joined document: its own highlights judge coverage."""
-
-    id: str
-    highlights: str
-
-
-@dataclass
-class LongDoc:
-    id: str
-    text: str
-    reference: str
-    tokens: Optional[int] = None
-    articles: list[Article] = field(default_factory=list)  # joined mode only, in order
-
-    @property
-    def sha(self) -> str:
-        """Text fingerprint: a record is reused only for the very same document."""
-        return hashlib.sha1(self.text.encode()).hexdigest()[:12]
-
-
-# --- data -----------------------------------------------------------------------------
-
-
-def read_jsonl(path: Path, fields: tuple[str, ...]) -> Iterable[dict]:
-    """Rows of a JSONL file; a missing file, bad line or missing field is one DataError."""
-    if not path.is_file():
-        raise DataError(f"file not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise DataError(f"{path} line {number}: not valid JSON") from None
-            missing = [k for k in fields if not isinstance(row, dict) or k not in row]
-            if missing:
-                raise DataError(f"{path} line {number}: missing field(s) {', '.join(missing)}")
-            yield row
-
-
-def load_longdocs(path: Path, limit: int) -> list[LongDoc]:
-    """The first `limit` rows; empty documents are kept and fail as documents, not the run."""
-    docs = []
-    for row in read_jsonl(path, ("id", "document", "summary")):
-        if len(docs) == limit:
-            break
-        text, ref = row["document"], row["summary"]
-        docs.append(LongDoc(str(row["id"]), text if isinstance(text, str) else "",
-                            ref if isinstance(ref, str) else "", row.get("qwen_tokens")))
-    if not docs:
-        raise DataError(f"no documents in {path}")
-    if len({d.id for d in docs}) != len(docs):
-        raise DataError(f"duplicate ids in {path} (resume keys on them)")
-    return docs
-
-
-def _joined_doc(number: int, rows: list[dict], tokens: int) -> LongDoc:
-    ids = [str(r["id"]) for r in rows]
-    digest = hashlib.sha1("|".join(ids).encode()).hexdigest()[:8]
-    return LongDoc(
-        id=f"joined-{number:03d}-{digest}",
-        text=JOINER.join(r["article"].strip() for r in rows),
-        reference="\n".join(r["highlights"].strip() for r in rows),
-        tokens=tokens,
-        articles=[Article(i, r["highlights"].strip()) for i, r in zip(ids, rows)],
-    )
-
-
-def join_articles(rows: Iterable[dict], count_tokens: Callable[[str], int], min_tokens: int,
-                  max_tokens: int, limit: int) -> list[LongDoc]:
-    """Greedy, in file order: add consecutive articles until >= min_tokens, never > max_tokens.
-
-    A group that would overshoot max_tokens before reaching min_tokens is dropped and a new
-    one starts at the article that overshot, so documents never share an article.
-    """
-    docs: list[LongDoc] = []
-    group: list[dict] = []
-    for row in rows:
-        if len(docs) == limit:
-            break
-        if not (isinstance(row["article"], str) and row["article"].strip()
-                and isinstance(row["highlights"], str) and row["highlights"].strip()):
-            group = []  # an unusable article breaks the run of consecutive ones
-            continue
-        candidate = group + [row]
-        tokens = count_tokens(JOINER.join(r["article"].strip() for r in candidate))
-        if tokens > max_tokens and len(candidate) > 1:
-            candidate = [row]
-            tokens = count_tokens(row["article"].strip())
-        if tokens > max_tokens:
-            group = []
-        elif tokens >= min_tokens:
-            docs.append(_joined_doc(len(docs), candidate, tokens))
-            group = []
-        else:
-            group = candidate
-    return docs
-
-
-def load_joined(path: Path, tokenizer, min_tokens: int, max_tokens: int, limit: int) -> list[LongDoc]:
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-
-    docs = join_articles(read_jsonl(path, ("id", "article", "highlights")), count, min_tokens, max_tokens, limit)
-    if not docs:
-        raise DataError(f"no run of articles in {path} reaches {min_tokens}..{max_tokens} tokens")
-    if len(docs) < limit:
-        log.warning("only %d joined documents of %d..%d tokens in %s", len(docs), min_tokens, max_tokens, path)
-    return docs
-
-
-# --- coverage -------------------------------------------------------------------------
-
-
-def content_recall(reference: str, summary: str) -> Optional[float]:
-    """ROUGE-1 recall on content words (clipped counts); None when the reference has none."""
-    ref = Counter(content_words(reference))
-    total = sum(ref.values())
-    if not total:
-        return None
-    got = Counter(content_words(summary))
-    return sum(min(n, got[w]) for w, n in ref.items()) / total
-
-
-def position(index: int, count: int) -> str:
-    """first / middle / last; a lone article counts as first."""
-    if index == 0:
-        return "first"
-    return "last" if index == count - 1 else "middle"
-
-
-def article_coverage(doc: LongDoc, summary: str, threshold: float) -> list[dict]:
-    rows = []
-    for i, art in enumerate(doc.articles):
-        recall = content_recall(art.highlights, summary)
-        rows.append({"article": art.id, "position": position(i, len(doc.articles)), "recall": recall,
-                     "covered": None if recall is None else recall >= threshold})
-    return rows
-
-
-def aggregate_coverage(rows: Iterable[dict]) -> dict:
-    """Share of articles covered, overall and by position ({covered, total} counts too)."""
-    counts = {k: [0, 0] for k in ("all", *POSITIONS)}
-    for row in rows:
-        if row["covered"] is None:
-            continue
-        for key in ("all", row["position"]):
-            counts[key][0] += bool(row["covered"])
-            counts[key][1] += 1
-    share = {k: (c / n if n else float("nan")) for k, (c, n) in counts.items()}
-    return {"covered": share["all"], **{p: share[p] for p in POSITIONS},
-            "counts": {k: {"covered": c, "total": n} for k, (c, n) in counts.items()}}
-
-
-# --- lead-k ---------------------------------------------------------------------------
-
-
-def lead_k(text: str, words: int) -> str:
-    """The opening sentences, the last one cut, to exactly `words` words (or the whole text)."""
-    from evaluation.metrics import split_sentences
-
-    out: list[str] = []
-    left = words
-    for sentence in split_sentences(text):
-        if left <= 0:
-            break
-        kept = sentence.split()[:left]
-        out.append(" ".join(kept))
-        left -= len(kept)
-    return " ".join(out)
-
-
-def leadk_budget(doc: LongDoc, mapreduce_record: Optional[dict]) -> tuple[int, str]:
-    """(words, source): the map-reduce summary's length, else the reference's."""
-    from evaluation.metrics import word_count
-
-    if mapreduce_record and mapreduce_record.get("error") is None and mapreduce_record.get("summary"):
-        return word_count(mapreduce_record["summary"]), "mapreduce"
-    return word_count(doc.reference), "reference"
-
-
-# --- settings and the resumable log -------------------------------------------------
+# --- settings -------------------------------------------------------------------------
 
 
 # mapreduce keys that only schedule work; every other key of the section can change a summary
@@ -297,46 +110,8 @@ def model_setups(cfg: Config) -> dict[str, str]:
 
 
 def leadk_setup(words: int) -> str:
-    from evaluation.metrics import sentence_splitter_name
-
+    """Lead-k's settings: the splitter and the word budget are all that change its output."""
     return f"lk-{sentence_splitter_name()}-{words}"
-
-
-class GenerationLog:
-    """Append-only JSONL of (system, doc) outputs; the latest line per settings + text wins.
-
-    The reading and appending are evaluation.generations_log's; the key here is
-    (system, id, setup, doc_sha), and every record is flushed as it is added.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.latest: dict[tuple, dict] = dict(read_records(path, _log_key))
-        self.log = AppendLog(path)
-
-    def get(self, system: str, doc: LongDoc, setup: str) -> Optional[dict]:
-        return self.latest.get((system, doc.id, setup, doc.sha))
-
-    def done(self, system: str, doc: LongDoc, setup: str) -> bool:
-        """Finished without error under these settings (failures are retried)."""
-        rec = self.get(system, doc, setup)
-        return rec is not None and rec.get("error") is None
-
-    def add(self, system: str, doc: LongDoc, setup: str, summary: Optional[str] = None,
-            error: Optional[str] = None, **extra) -> dict:
-        rec = {"system": system, "id": doc.id, "setup": setup, "doc_sha": doc.sha,
-               "summary": summary, "error": error, **extra}
-        self.log.write(rec)
-        self.log.flush()  # one document at a time: an interruption loses nothing finished
-        self.latest[(system, doc.id, setup, doc.sha)] = rec
-        return rec
-
-    def close(self) -> None:
-        self.log.close()
-
-
-def _log_key(rec: dict) -> tuple:
-    return (rec["system"], rec["id"], rec["setup"], rec["doc_sha"])
 
 
 # --- the systems ----------------------------------------------------------------------
@@ -349,7 +124,7 @@ def _bar(system: str, total: int, enabled: bool):
                 disable=not enabled)
 
 
-def run_mapreduce(cfg: Config, todo: list[LongDoc], out: GenerationLog, setup: str, progress: bool) -> None:
+def run_mapreduce(cfg: Config, todo: list[LongDoc], out: LongdocLog, setup: str, progress: bool) -> None:
     """All documents through one engine.run, so chunks of several documents batch together."""
     from mapreduce.engine import open_engine
 
@@ -382,32 +157,13 @@ def _load_truncate_model(cfg: Config):
     return load_for_inference(cfg.model)
 
 
-def _generate_logged(model, tokenizer, cfg: Config, prompts: list, on_done: Callable) -> set[int]:
-    """generate_summaries with per-batch timing; returns the prompt indices it finished."""
-    from core.generation import generate_summaries
+def run_truncate(cfg: Config, todo: list[LongDoc], out: LongdocLog, setup: str, progress: bool) -> None:
+    """One pass per document, cut to the prompt budget, batched by length in this process.
 
-    finished: set[int] = set()
-    clock = [time.perf_counter()]
-
-    def batch_done(indices: list[int], texts: list[str]) -> None:
-        now = time.perf_counter()
-        for i, text in zip(indices, texts):
-            on_done(i, text, None, (now - clock[0]) / len(indices))
-            finished.add(i)
-        clock[0] = now
-
-    try:
-        generate_summaries(model, tokenizer, prompts, cfg.generation, on_batch_done=batch_done)
-    except OSError:
-        raise  # writing the log failed (disk full): not the model's fault, stop
-    except Exception as exc:  # e.g. out of memory on a long batch: the rest goes one by one
-        log.warning("a truncate batch failed (%s); generating the rest one at a time", type(exc).__name__)
-    return finished
-
-
-def run_truncate(cfg: Config, todo: list[LongDoc], out: GenerationLog, setup: str, progress: bool) -> None:
-    """One pass per document, cut to the prompt budget, batched by length in this process."""
-    from core.generation import generate_summaries
+    core.generation.generate_isolated retries a failing batch (e.g. out of memory) one
+    document at a time, so one bad document fails alone; seconds are batch time / batch size.
+    """
+    from core.generation import generate_isolated
     from core.prompt import build_prompt_ids
 
     model, tokenizer = _load_truncate_model(cfg)
@@ -420,30 +176,28 @@ def run_truncate(cfg: Config, todo: list[LongDoc], out: GenerationLog, setup: st
             else:
                 out.add("truncate", doc, setup, error="empty document")
                 bar.update(1)
+        clock = [time.perf_counter()]
 
-        def record(i: int, text: Optional[str], error: Optional[str], seconds: Optional[float]) -> None:
-            if error is None and not text.strip():
-                error = "the model returned an empty summary"
-            out.add("truncate", docs[i], setup, summary=text if error is None else None, error=error,
-                    seconds=seconds, prompt_tokens=len(prompts[i]))
-            bar.update(1)
+        def record(indices: list[int], outcomes: list) -> None:
+            now = time.perf_counter()
+            for i, (text, error) in zip(indices, outcomes):
+                seconds = None if error is not None else (now - clock[0]) / len(indices)
+                if error is None and not text.strip():
+                    error = "the model returned an empty summary"
+                out.add("truncate", docs[i], setup, summary=text if error is None else None, error=error,
+                        seconds=seconds, prompt_tokens=len(prompts[i]))
+                bar.update(1)
+            clock[0] = now
 
-        finished = _generate_logged(model, tokenizer, cfg, prompts, record)
-        for i in sorted(set(range(len(prompts))) - finished):
-            started = time.perf_counter()
-            try:
-                (text,) = generate_summaries(model, tokenizer, [prompts[i]], cfg.generation)
-                record(i, text, None, time.perf_counter() - started)
-            except Exception as exc:
-                record(i, None, f"generation failed: {typed_line(exc)}", None)
+        generate_isolated(model, tokenizer, prompts, cfg.generation, on_batch_done=record)
 
 
-def leadk_budgets(docs: list[LongDoc], out: GenerationLog, mapreduce_setup: str) -> dict[str, tuple[int, str]]:
+def leadk_budgets(docs: list[LongDoc], out: LongdocLog, mapreduce_setup: str) -> dict[str, tuple[int, str]]:
     """doc id -> (words, source) from the map-reduce summaries in the log under current settings."""
     return {d.id: leadk_budget(d, out.get("mapreduce", d, mapreduce_setup)) for d in docs}
 
 
-def run_leadk(docs: list[LongDoc], out: GenerationLog, budgets: dict[str, tuple[int, str]]) -> None:
+def run_leadk(docs: list[LongDoc], out: LongdocLog, budgets: dict[str, tuple[int, str]]) -> None:
     """Instant, no model; redone whenever the length it must match changes."""
     for doc in docs:
         words, source = budgets[doc.id]
@@ -455,146 +209,6 @@ def run_leadk(docs: list[LongDoc], out: GenerationLog, budgets: dict[str, tuple[
         error = None if summary else ("empty document" if not doc.text.strip() else "no length to match (0 words)")
         out.add("leadk", doc, setup, summary=summary or None, error=error,
                 seconds=time.perf_counter() - started, words_budget=words, budget_source=source)
-
-
-# --- scoring --------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def _scorer():
-    """metrics.rouge_scores returns F1 only; recall needs rouge_score itself (same settings)."""
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-
-
-def rouge_recall_f1(summary: str, reference: str) -> dict[str, float]:
-    scores = _scorer().score(reference.strip(), summary)
-    return {**{f"{r}_recall": scores[r].recall for r in ROUGE_TYPES},
-            **{f"{r}_f1": scores[r].fmeasure for r in ROUGE_TYPES}}
-
-
-def score_record(doc: LongDoc, rec: Optional[dict], threshold: float) -> dict:
-    """One (system, document) row for the report: scores and coverage, or its error."""
-    from evaluation.metrics import word_count
-
-    if rec is None or rec.get("error") is not None:
-        return {"error": rec["error"] if rec else "not generated"}
-    summary = rec["summary"] or ""
-    row = {"summary": summary, **rouge_recall_f1(summary, doc.reference), "words": word_count(summary),
-           "seconds": rec.get("seconds")}
-    if doc.articles:
-        row["coverage"] = article_coverage(doc, summary, threshold)
-    return row
-
-
-def _mean(values) -> float:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else float("nan")
-
-
-def system_summary(rows: list[dict]) -> dict:
-    ok = [r for r in rows if "error" not in r]
-    summary = {k: _mean(r[k] for r in ok) for k in (*SCORE_KEYS, "words", "seconds")}
-    summary["num_scored"], summary["num_failed"] = len(ok), len(rows) - len(ok)
-    return summary
-
-
-def paired_difference(a: list[dict], b: list[dict], key: str, samples: int) -> dict:
-    """Mean and paired bootstrap 95% CI of a - b over documents both systems finished."""
-    from evaluation.report import BOOTSTRAP_SEED
-    from evaluation.metrics import bootstrap_ci
-
-    diffs = [x[key] - y[key] for x, y in zip(a, b) if "error" not in x and "error" not in y]
-    return {"metric": key, "mean": _mean(diffs), "ci95": list(bootstrap_ci(diffs, samples, seed=BOOTSTRAP_SEED)),
-            "num_paired": len(diffs)}
-
-
-def build_result(docs: list[LongDoc], rows: dict[str, list[dict]], samples: int) -> dict:
-    """The results.json body (config and settings are added by the caller)."""
-    from evaluation.metrics import word_count
-
-    result: dict = {
-        "num_documents": len(docs),
-        "avg_document_tokens": _mean(d.tokens for d in docs),
-        "avg_reference_words": _mean(word_count(d.reference) for d in docs if d.reference.strip()),
-        "systems": {s: system_summary(r) for s, r in rows.items()},
-        "comparison": {},
-    }
-    if "mapreduce" in rows and "truncate" in rows:
-        result["comparison"]["mapreduce_minus_truncate"] = paired_difference(
-            rows["mapreduce"], rows["truncate"], "rouge1_recall", samples)
-    if any(d.articles for d in docs):
-        result["coverage"] = {
-            s: aggregate_coverage(c for r in rs if "error" not in r for c in r.get("coverage", []))
-            for s, rs in rows.items()
-        }
-    return result
-
-
-# --- reports --------------------------------------------------------------------------
-
-
-def _pct(share: float, counts: dict) -> str:
-    return f"{_fmt(share * 100, digits=1)}% ({counts['covered']}/{counts['total']})" if counts["total"] else "n/a"
-
-
-def markdown_report(result: dict) -> str:
-    head = ["System", "R1 recall", "R2 recall", "RL recall", "R1 F1", "R2 F1", "RL F1", "Words", "s/doc", "Failures"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for system, v in result["systems"].items():
-        cells = [_fmt(v[k]) for k in SCORE_KEYS] + [_fmt(v["words"], digits=1), _fmt(v["seconds"], digits=2), str(v["num_failed"])]
-        lines.append(f"| {DISPLAY_NAMES[system]} | " + " | ".join(cells) + " |")
-    notes = [f"{result['num_documents']} documents ({result.get('data', '?')}: {result.get('source', '?')}); "
-             f"{_fmt(result['avg_document_tokens'], digits=0)} {result.get('token_unit', 'tokens')} and references of "
-             f"{_fmt(result['avg_reference_words'], digits=1)} words on average."]
-    diff = result["comparison"].get("mapreduce_minus_truncate")
-    if diff:
-        lo, hi = diff["ci95"]
-        notes.append(f"Map-reduce − truncate: ROUGE-1 recall {_fmt(diff['mean'], signed=True)}, 95% paired "
-                     f"bootstrap CI [{_fmt(lo, signed=True)}, {_fmt(hi, signed=True)}] over {diff['num_paired']} documents.")
-    if "leadk" in result["systems"]:
-        notes.append("Lead-k: the document's first sentences, cut to its map-reduce summary's length "
-                     "(the reference's where map-reduce failed or has not run).")
-    if {"mapreduce", "truncate"} & set(result["systems"]):
-        notes.append("s/doc: map-reduce = each document's own wall time, other documents in flight; truncate = "
-                     "batch time / batch size; model loading excluded.")
-    notes.append("Failed documents are left out of the means and counted under Failures.")
-    text = "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    if "coverage" in result:
-        text += "\n" + coverage_table(result) + "\n"
-    return text
-
-
-def coverage_table(result: dict) -> str:
-    lines = ["| System | Covered | First | Middle | Last |", "|---|---|---|---|---|"]
-    for system, cov in result["coverage"].items():
-        cells = [_pct(cov["covered"], cov["counts"]["all"])] + [_pct(cov[p], cov["counts"][p]) for p in POSITIONS]
-        lines.append(f"| {DISPLAY_NAMES[system]} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"- An article is covered when the ROUGE-1 recall of its own highlights on content words "
-                 f"(no stopwords, stemmed) is >= {result.get('coverage_threshold', '?')}; failed summaries excluded.")
-    return "\n".join(lines)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def write_reports(out_dir: Path, docs: list[LongDoc], rows: dict[str, list[dict]], result: dict) -> str:
-    """per_document.jsonl, results.json and results.md; returns the Markdown."""
-    per_doc = []
-    for i, doc in enumerate(docs):
-        entry = {"id": doc.id, "tokens": doc.tokens, "reference": doc.reference,
-                 "articles": [a.id for a in doc.articles], "systems": {s: r[i] for s, r in rows.items()}}
-        per_doc.append(json.dumps(_no_nan(entry), ensure_ascii=False))
-    _write_atomic(out_dir / "per_document.jsonl", "\n".join(per_doc) + "\n")
-    _write_atomic(out_dir / "results.json", json.dumps(_no_nan(result), indent=2, ensure_ascii=False) + "\n")
-    report = markdown_report(result)
-    _write_atomic(out_dir / "results.md", report)
-    return report
 
 
 # --- the program ----------------------------------------------------------------------
@@ -625,7 +239,7 @@ def load_documents(cfg: Config, args: argparse.Namespace) -> tuple[list[LongDoc]
     return docs, args.test_file
 
 
-def generate(cfg: Config, docs: list[LongDoc], systems: list[str], out: GenerationLog, progress: bool) -> dict:
+def generate(cfg: Config, docs: list[LongDoc], systems: list[str], out: LongdocLog, progress: bool) -> dict:
     """Run what is missing, in order; returns the settings hash per system (leadk: per document)."""
     setups: dict = model_setups(cfg)
     for system, runner in (("mapreduce", run_mapreduce), ("truncate", run_truncate)):
@@ -643,7 +257,7 @@ def generate(cfg: Config, docs: list[LongDoc], systems: list[str], out: Generati
     return setups
 
 
-def collect_rows(docs: list[LongDoc], systems: list[str], setups: dict, out: GenerationLog,
+def collect_rows(docs: list[LongDoc], systems: list[str], setups: dict, out: LongdocLog,
                  threshold: float) -> dict[str, list[dict]]:
     """system -> one scored row per document (in document order) from the current-settings records."""
     rows = {}
@@ -661,7 +275,7 @@ def evaluate_long(cfg: Config, args: argparse.Namespace) -> dict:
     docs, source = load_documents(cfg, args)
     out_dir = Path(args.out_dir or DEFAULT_OUT_DIRS[args.data])
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = GenerationLog(out_dir / LOG_FILE)
+    out = LongdocLog(out_dir / LOG_FILE)
     try:
         setups = generate(cfg, docs, systems, out, progress=not args.no_progress)
     finally:

@@ -14,6 +14,7 @@ import bench.bench_longdocs as bl
 import mapreduce.engine as engine_module
 from conftest import CNNDM_TEST
 from core.config import load_config
+from core.data import DataError
 from core.generation import summarize_texts
 from mapreduce.engine import MapReduceEngine
 
@@ -143,11 +144,11 @@ def test_threads_and_decode_batch_follow_the_engine(monkeypatch):
 
 def test_inputs_fail_in_one_line(tmp_path, capsys):
     assert bl.main(["--longdocs-file", str(tmp_path / "missing.jsonl")]) == 1
-    assert capsys.readouterr().err.strip() == f"error: longdocs file not found: {tmp_path / 'missing.jsonl'}"
+    assert capsys.readouterr().err.strip() == f"error: file not found: {tmp_path / 'missing.jsonl'}"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x"}\n')
-    with pytest.raises(bl.BenchError, match="bad.jsonl:1: not a row with id and document"):
-        bl.load_longdocs(bad, 3)
+    with pytest.raises(DataError, match="bad.jsonl line 1: missing field"):
+        bl.first_documents(bad, 3)
     good = tmp_path / "good.jsonl"
     good.write_text("".join(json.dumps({"id": i, "document": f"d{i}", "summary": "s"}) + "\n" for i in range(5)))
-    assert bl.load_longdocs(good, 2) == [("0", "d0"), ("1", "d1")]
+    assert bl.first_documents(good, 2) == [("0", "d0"), ("1", "d1")]

@@ -1,4 +1,4 @@
-"""evaluation.longdocs: joined documents, coverage, lead-k, the resume log, the reports, the CLI.
+"""evaluation.longdocs and its parts: joined documents, coverage, lead-k, the resume log, the reports, the CLI.
 
 The fast tests fake the two model systems (no Ray, no model); the one slow test runs the
 whole command on the tiny random model.
@@ -14,26 +14,13 @@ import pytest
 
 import evaluation.longdocs as ld
 from core.data import DataError
-from evaluation.longdocs import (
-    JOINER,
-    GenerationLog,
-    LongDoc,
-    aggregate_coverage,
-    article_coverage,
-    build_result,
-    content_recall,
-    content_words,
-    join_articles,
-    lead_k,
-    leadk_budget,
-    load_joined,
-    load_longdocs,
-    main,
-    markdown_report,
-    position,
-    rouge_recall_f1,
-    write_reports,
-)
+from core.rouge import ROUGE_TYPES, rouge_recall_f1
+from core.text import content_words
+from evaluation.coverage import aggregate_coverage, article_coverage, content_recall, lead_k, leadk_budget, position
+from evaluation.generations_log import LongdocLog
+from evaluation.longdocs import main
+from evaluation.longdocs_data import JOINER, Article, LongDoc, join_articles, load_joined, load_longdocs
+from evaluation.longdocs_report import SCORE_KEYS, build_result, markdown_report, write_reports
 from tests.conftest import CNNDM_TEST, LONGDOCS
 
 
@@ -115,8 +102,8 @@ def test_content_recall_clips_counts():
 
 
 def test_article_coverage_positions_and_threshold():
-    arts = [ld.Article("x", "Volcano erupts in Iceland ."), ld.Article("y", "Bank raises interest rates ."),
-            ld.Article("z", "Team wins the cup final .")]
+    arts = [Article("x", "Volcano erupts in Iceland ."), Article("y", "Bank raises interest rates ."),
+            Article("z", "Team wins the cup final .")]
     doc = LongDoc("d", "text", "ref", articles=arts)
     rows = article_coverage(doc, "An Icelandic volcano erupted; the team won the final.", threshold=0.5)
     assert [r["position"] for r in rows] == ["first", "middle", "last"]
@@ -162,13 +149,13 @@ def test_leadk_budget_follows_mapreduce_else_reference():
 def test_generation_log_reuses_only_matching_finished_records(tmp_path):
     path = tmp_path / "log.jsonl"
     a, b = LongDoc("a", "text a", "r"), LongDoc("b", "text b", "r")
-    out = GenerationLog(path)
+    out = LongdocLog(path)
     out.add("truncate", a, "s1", summary="sum a", seconds=1.0)
     out.add("truncate", b, "s1", error="boom")
     out.close()
     with path.open("a") as f:
         f.write('{"system": "truncate", "id": "b", "se')  # cut short by a crash
-    again = GenerationLog(path)
+    again = LongdocLog(path)
     assert again.done("truncate", a, "s1") and again.get("truncate", a, "s1")["summary"] == "sum a"
     assert not again.done("truncate", b, "s1") and again.get("truncate", b, "s1")["error"] == "boom"
     assert not again.done("truncate", a, "s2")  # other settings
@@ -179,10 +166,10 @@ def test_generation_log_appends_after_a_torn_line_without_losing_the_new_record(
     path = tmp_path / ld.LOG_FILE
     a, b = LongDoc("a", "text a", "r"), LongDoc("b", "text b", "r")
     path.write_text('{"system": "truncate", "id": "b", "se')  # cut short by a crash, no newline
-    out = GenerationLog(path)
+    out = LongdocLog(path)
     out.add("truncate", a, "s1", summary="sum a")
     out.close()
-    assert GenerationLog(path).done("truncate", a, "s1") and not GenerationLog(path).done("truncate", b, "s1")
+    assert LongdocLog(path).done("truncate", a, "s1") and not LongdocLog(path).done("truncate", b, "s1")
 
 
 class _FakeSystems:
@@ -311,38 +298,43 @@ def test_truncate_retries_a_failed_batch_one_document_at_a_time(tmp_path, monkey
 
     bad = qwen_tokenizer("poison", add_special_tokens=False)["input_ids"][0]
 
-    def fake_generate(model, tokenizer, prompts, gen, on_batch_done=None, **kwargs):
-        if on_batch_done is not None:  # the batched call: one batch finishes, the next runs out of memory
-            on_batch_done([0], ["first summary"])
-            raise RuntimeError("CUDA out of memory")
+    def fake_generate(model, tokenizer, prompts, gen):
+        if len(prompts) > 1:  # the longer batch finishes, the next (with the poison) runs out of memory
+            if any(bad in p for p in prompts):
+                raise RuntimeError("CUDA out of memory")
+            return ["first summary"] * len(prompts)
         if bad in prompts[0]:
             raise RuntimeError("boom\nmore detail")
         return ["alone summary"]
 
     monkeypatch.setattr(ld, "_load_truncate_model", lambda cfg: (object(), qwen_tokenizer))
-    monkeypatch.setattr(core.generation, "generate_summaries", fake_generate)
-    docs = [LongDoc("a", "Alpha text.", "r"), LongDoc("b", "   ", "r"), LongDoc("c", "Gamma text.", "r"),
-            LongDoc("d", "poison text.", "r")]
-    out = GenerationLog(tmp_path / "log.jsonl")
+    monkeypatch.setattr(core.generation, "generate_batch", fake_generate)
+    docs = [LongDoc("a", "Alpha text, longer than the two short ones.", "r"), LongDoc("b", "   ", "r"),
+            LongDoc("c", "Gamma text.", "r"), LongDoc("d", "poison text.", "r"),
+            LongDoc("e", "Epsilon text, longer than the two short ones.", "r")]
+    out = LongdocLog(tmp_path / "log.jsonl")
     from core.config import load_config
 
-    ld.run_truncate(load_config(None, {"max_length": 256, "max_new_tokens": 16}), docs, out, "s", progress=False)
+    cfg = load_config(None, {"max_length": 256, "max_new_tokens": 16, "generation_batch_size": 2})
+    ld.run_truncate(cfg, docs, out, "s", progress=False)
     recs = {d.id: out.get("truncate", d, "s") for d in docs}
     assert recs["a"]["summary"] == "first summary" and recs["a"]["seconds"] >= 0 and recs["a"]["prompt_tokens"] > 0
+    assert recs["e"]["summary"] == "first summary"
     assert recs["b"]["error"] == "empty document"
     assert recs["c"]["summary"] == "alone summary" and recs["c"]["error"] is None
     assert recs["d"]["summary"] is None and recs["d"]["error"] == "generation failed: RuntimeError: boom"
+    assert recs["d"]["seconds"] is None
 
 
 # --- reports ----------------------------------------------------------------------------
 
 
 def _fake_rows() -> tuple[list[LongDoc], dict]:
-    arts = [ld.Article(f"a{i}", f"Story {i} .") for i in range(3)]
+    arts = [Article(f"a{i}", f"Story {i} .") for i in range(3)]
     docs = [LongDoc(f"j{k}", "text", "ref words here", tokens=6000 + k, articles=arts) for k in range(3)]
 
     def ok(r1: float, covered: list[bool]) -> dict:
-        scores = {key: r1 for key in ld.SCORE_KEYS}
+        scores = {key: r1 for key in SCORE_KEYS}
         cov = [{"article": a.id, "position": position(i, 3), "recall": 0.5, "covered": c}
                for i, (a, c) in enumerate(zip(arts, covered))]
         return {"summary": "s", **scores, "words": 10, "seconds": 3.0, "coverage": cov}
@@ -389,11 +381,11 @@ def test_report_without_coverage_or_pair():
 
 
 def test_rouge_f1_matches_evaluation_metrics():
-    from evaluation.metrics import rouge_scores
+    from core.rouge import rouge_scores
 
     pred, ref = "The storm hit the coast on Monday.", "A storm hits the coast .\nThousands lose power ."
     ours, theirs = rouge_recall_f1(pred, ref), rouge_scores(pred, ref)
-    for key in ld.ROUGE_TYPES:
+    for key in ROUGE_TYPES:
         assert ours[f"{key}_f1"] == pytest.approx(theirs[key])
     assert ours["rouge1_recall"] < ours["rouge1_f1"]  # the reference is longer than the summary
 
@@ -416,6 +408,19 @@ def test_errors_are_one_line(tmp_path, capsys, extra, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
     assert "Traceback" not in "\n".join(err)
+
+
+def test_a_longdocs_file_that_is_not_utf8_is_one_line_without_resume_advice(tmp_path, capsys):
+    data, out_dir = tmp_path / "latin1.jsonl", tmp_path / "out"
+    good = json.dumps({"id": "a", "document": "fine", "summary": "s"}) + "\n"
+    data.write_bytes(good.encode() + b'{"id": "b", "document": "caf\xe9", "summary": "s"}\n')
+    assert main(["--longdocs-file", str(data), "--out-dir", str(out_dir), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {data}: not UTF-8"), err
+    assert f"byte {len(good) + 28}" in err[0] and "line 2" in err[0]
+    assert "resume" not in err[0] and not out_dir.exists()
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_longdocs(data, 1)  # the bad row is beyond the limit, but the file is read in blocks
 
 
 def test_ctrl_c_prints_a_resume_hint(tmp_path, monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""evaluation.metrics and LEAD-3 against values computed by hand."""
+"""core.rouge, evaluation.metrics and LEAD-3 against values computed by hand."""
 
 from __future__ import annotations
 
@@ -6,14 +6,8 @@ import pytest
 
 from core.config import ConfigError
 from evaluation.lead3 import lead3
-from evaluation.metrics import (
-    bertscore_f1,
-    bootstrap_ci,
-    resolve_bertscore_encoder,
-    rouge_scores,
-    split_sentences,
-    word_count,
-)
+from core.rouge import rouge_scores, split_sentences, word_count
+from evaluation.metrics import bertscore_f1, bootstrap_ci, resolve_bertscore_encoder
 
 
 def test_rouge_on_one_sentence_by_hand():

@@ -82,7 +82,7 @@ class SummaryTrainer(Trainer):
 
     def rouge_scores(self) -> dict[str, float]:
         from core.generation import generate_summaries
-        from evaluation.metrics import rouge_scores, word_count
+        from core.rouge import rouge_scores, word_count
 
         probe = self.rouge_probe
         model = self.accelerator.unwrap_model(self.model)
