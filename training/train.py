@@ -7,12 +7,12 @@
 
 What it does, in order:
   1. checks the output dir is writable (before any slow work) and not silently reused, and
-     that a --resume keeps the run's plan (a finished run says so and exits 0);
+     that a --resume keeps the run's plan (a finished run says so and exits 0; training.resume);
   2. loads rows (hub or local JSONL), drops empty ones, tokenizes them with
      core.prompt.build_training_example (the same truncation the inference code uses);
   3. wraps the base model in a peft LoRA (only the adapter trains);
   4. trains with validation loss every eval_steps, checkpoints every save_steps, and keeps
-     train_log.json + loss.png in output_dir up to date at every save and eval;
+     train_log.json + loss.png in output_dir up to date at every save and eval (training.logs);
   5. saves the adapter (safetensors), the tokenizer and the resolved config.yaml.
 
 Device: CUDA -> bf16 mixed precision (dtype auto; fp16 on GPUs without bf16); CPU -> fp32.
@@ -26,125 +26,27 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from core.config import Config, ConfigError, TrainingConfig, add_config_flags, config_from_args, save_config
+from core.config import Config, ConfigError, add_config_flags, config_from_args, save_config
 from core.data import DataError, drop_empty, load_rows
 from core.errors import UserError, first_line
 from core.models import load_base_model, load_tokenizer, name_adapter_base, resolve_device
 from core.prompt import build_training_example, check_template_fits
 from core.signals import sigterm_as_interrupt
+from training.logs import LOSS_PLOT, TRAIN_LOG, _log_files_callback, write_log_files
+from training.resume import RunFinished, TrainError, _resume_plan_callback, check_output_dir
 
 log = logging.getLogger("training.train")
 
-TRAIN_LOG = "train_log.json"
-LOSS_PLOT = "loss.png"
 CONFIG_FILE = "config.yaml"
 _CPU_FALLBACK_OPTIM = "adamw_torch"
-# schedules whose learning rate does not depend on the planned total: a resume may change it
-_LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup", "reduce_lr_on_plateau")
-
-
-class TrainError(UserError, RuntimeError):
-    """A problem with the run itself (output dir, resume); one line for the user."""
-
-
-class RunFinished(Exception):
-    """--resume of a run that already reached its end: nothing to train (exit 0, one line)."""
 
 
 # --- setup checks ----------------------------------------------------------------------
-
-
-def check_output_dir(output_dir: Path, t: TrainingConfig) -> str | None:
-    """Fail now, not after hours, if output_dir is unusable; return the checkpoint to resume.
-
-    A dir that already holds checkpoints is only reused with --resume: starting afresh
-    there would mix two runs and let checkpoint rotation delete the old run's files.
-    A resume must also keep the run's plan (check_resume_plan).
-    """
-    from transformers.trainer_utils import get_last_checkpoint
-
-    resume = t.resume
-
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write_test"):
-            pass
-    except OSError as exc:
-        raise TrainError(f"output dir not writable: {output_dir} ({exc.strerror or exc})") from None
-    last = get_last_checkpoint(str(output_dir))
-    if resume and last is None:
-        log.warning("--resume: no checkpoint-* dir in %s yet, starting from scratch", output_dir)
-    if not resume and last is not None:
-        raise TrainError(
-            f"output dir {output_dir} already holds checkpoints of an earlier run "
-            f"(latest {Path(last).name}): pass --resume to continue it, or choose another --output-dir"
-        )
-    if resume and last is not None and t.max_steps > 0:  # an epoch plan is known only with the data
-        check_resume_plan(Path(last), t, t.max_steps)
-    return last if resume else None
-
-
-def read_trainer_state(checkpoint: Path) -> tuple[int, int]:
-    """(global_step, max_steps) of a checkpoint."""
-    try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        return int(state["global_step"]), int(state["max_steps"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TrainError(
-            f"cannot resume from {checkpoint}: bad trainer_state.json ({first_line(exc)}); "
-            "a save cut short? delete that checkpoint to resume from the one before"
-        ) from None
-
-
-def finished_step(output_dir: Path) -> int | None:
-    """The step at which a run in output_dir ended and saved its final adapter (None: none did)."""
-    try:
-        history = json.loads((output_dir / TRAIN_LOG).read_text())
-        return max((int(e["step"]) for e in history if e.get("finished")), default=None)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
-def check_resume_plan(checkpoint: Path, t: TrainingConfig, planned_now: int) -> None:
-    """Refuse a resume whose plan (total steps) differs; RunFinished if there is nothing left.
-
-    The scheduler is rebuilt for the new total at the old step, so a cosine or linear
-    schedule would jump from the old plan's decayed rate to the new plan's; and resuming a
-    finished run trains a step past its end and overwrites the final adapter.
-    """
-    step, planned = read_trainer_state(checkpoint)
-    length_free = t.lr_scheduler_type in _LENGTH_FREE_SCHEDULES
-    if planned_now != planned:
-        if not length_free:
-            raise TrainError(
-                f"--resume: {checkpoint.name} is from a run planned for {planned} steps, this one would run "
-                f"{planned_now}: the {t.lr_scheduler_type} learning-rate schedule would switch plans mid-run; "
-                f"keep --max-steps {planned}, or start a new --output-dir"
-            )
-        if step < planned_now:
-            return
-    ended = finished_step(checkpoint.parent)
-    if step >= planned_now or (ended is not None and ended >= step):
-        more = "raise --max-steps to train more" if length_free else f"a {t.lr_scheduler_type} schedule cannot be extended"
-        raise RunFinished(f"already finished at step {max(step, ended or 0)}: {more}, or use another --output-dir")
-
-
-def _resume_plan_callback(checkpoint: Path, t: TrainingConfig):
-    """check_resume_plan once the Trainer knows the new total (an epoch plan depends on the data)."""
-    from transformers import TrainerCallback
-
-    class ResumePlanCallback(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            check_resume_plan(checkpoint, t, state.max_steps)
-
-    return ResumePlanCallback()
 
 
 def check_single_process_gpus() -> None:
@@ -253,78 +155,6 @@ def build_lora_model(model, cfg: Config):
         return get_peft_model(model, peft_config)
     except ValueError as exc:  # e.g. target modules not found in this architecture
         raise ConfigError(f"config key 'lora_target_modules': {first_line(exc)}") from None
-
-
-# --- logs and plot ---------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def write_log_files(log_history: list[dict], output_dir: Path, title: str) -> None:
-    """train_log.json (every Trainer log entry) and loss.png (train + validation loss)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    _write_atomic(output_dir / TRAIN_LOG, json.dumps(log_history, indent=1).encode())
-
-    def series(key):
-        return [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
-
-    train, evals, rouge = series("loss"), series("eval_loss"), series("eval_rougeL")
-    fig, axes = plt.subplots(1, 2 if rouge else 1, figsize=(12 if rouge else 7, 4.5), squeeze=False)
-    ax = axes[0][0]
-    if train:
-        ax.plot(*zip(*train), label="training loss", color="tab:blue")
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="validation loss", color="tab:orange")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (cross-entropy per summary token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if train or evals:
-        ax.legend()
-    if rouge:
-        ax = axes[0][1]
-        ax.plot(*zip(*rouge), "o-", color="tab:green", label="validation ROUGE-L (greedy summaries)")
-        best = max(rouge, key=lambda p: p[1])
-        ax.plot(*best, "*", color="tab:red", markersize=14, label=f"best: step {best[0]}, {best[1]:.4f}")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("ROUGE-L F1")
-        ax.set_title("validation ROUGE-L (the checkpoint kept is the best)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    _write_atomic(output_dir / LOSS_PLOT, buf.getvalue())
-
-
-def _log_files_callback(output_dir: Path, title: str):
-    from transformers import TrainerCallback
-
-    class LogFilesCallback(TrainerCallback):
-        """Rewrite train_log.json and loss.png at each save and eval (rank 0 only)."""
-
-        def _write(self, state):
-            if state.is_world_process_zero:
-                write_log_files(state.log_history, output_dir, title)
-
-        def on_save(self, args, state, control, **kwargs):
-            self._write(state)
-
-        def on_evaluate(self, args, state, control, **kwargs):
-            self._write(state)
-
-    return LogFilesCallback()
 
 
 # --- the run ---------------------------------------------------------------------------
