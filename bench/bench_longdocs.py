@@ -56,7 +56,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from core.config import Config, add_config_flags, config_from_args
+from core.config import Config
+from core.flags import add_config_flags, config_from_args
 from core.errors import UserError, first_line
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.config import Config, ConfigError
+from core.config import Config
 from core.data import DataError, load_rows
 
 
@@ -24,9 +24,7 @@ def load_examples(cfg: Config) -> list[Example]:
         if name not in rows.column_names:
             raise DataError(f"field '{name}' not in {source} (columns: {', '.join(rows.column_names)})")
     n = cfg.evaluation.num_examples
-    if n is not None:
-        if n <= 0:
-            raise ConfigError(f"config key 'num_examples' must be positive, got {n}")
+    if n is not None:  # positive: core.config checks it
         rows = rows.select(range(min(n, len(rows))))
     has_ids = d.id_field in rows.column_names
     examples = []

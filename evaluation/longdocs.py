@@ -64,7 +64,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from core.config import Config, ConfigError, add_config_flags, config_from_args
+from core.config import Config, ConfigError
+from core.flags import add_config_flags, config_from_args
 from core.data import DataError
 from core.errors import UserError, typed_line
 from core.text import content_words

@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-from core.config import Config, add_config_flags, config_from_args
+from core.config import Config
+from core.flags import add_config_flags, config_from_args
 from core.errors import UserError
 from mapreduce.corpus import (
     BadRow,

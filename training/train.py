@@ -31,9 +31,10 @@ import os
 import sys
 from pathlib import Path
 
-from core.config import Config, ConfigError, add_config_flags, config_from_args, save_config
+from core.config import Config, ConfigError, save_config
 from core.data import DataError, drop_empty, load_rows
 from core.errors import UserError, first_line
+from core.flags import add_config_flags, config_from_args
 from core.models import load_base_model, load_tokenizer, name_adapter_base, resolve_device
 from core.prompt import build_training_example, check_template_fits
 from core.signals import sigterm_as_interrupt
@@ -208,23 +209,6 @@ def training_arguments(cfg: Config, on_cuda: bool, dtype, has_eval: bool):
         raise ConfigError(f"invalid training settings: {first_line(exc)}") from None
 
 
-def _check_settings(cfg: Config, has_eval: bool) -> None:
-    t = cfg.training
-    if t.rouge_eval_examples < 0:
-        raise ConfigError(f"config key 'rouge_eval_examples' must be >= 0, got {t.rouge_eval_examples}")
-    selecting = {"early_stopping_patience": t.early_stopping_patience is not None, "rouge_eval_examples": t.rouge_eval_examples > 0}
-    for key, on in selecting.items():
-        if not on:
-            continue
-        if not has_eval:
-            raise ConfigError(f"config key '{key}' needs an eval_split (validation rows)")
-        if t.save_steps % t.eval_steps:
-            raise ConfigError(
-                f"config key '{key}' needs save_steps ({t.save_steps}) "
-                f"to be a multiple of eval_steps ({t.eval_steps}): the best checkpoint must be saved"
-            )
-
-
 def build_rouge_probe(cfg: Config, tokenizer):
     """The first rouge_eval_examples validation rows as prompts + references (None: off)."""
     from core.prompt import build_prompt_ids
@@ -321,8 +305,7 @@ def train(cfg: Config) -> int:
 
     t = cfg.training
     output_dir = Path(t.output_dir)
-    has_eval = bool(cfg.data.eval_split)
-    _check_settings(cfg, has_eval)
+    has_eval = bool(cfg.data.eval_split)  # core.config checked what needs validation rows
     resume_from = check_output_dir(output_dir, t)
 
     device = resolve_device(cfg.model.device)
