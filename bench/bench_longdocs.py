@@ -130,7 +130,7 @@ def count_levels(levels: list[dict], template_tokens: dict[str, int], cfg: Confi
     """Tokens a document's levels cost (dicts as in DocumentResult.tree["levels"]).
 
     A level the run did not finish (outputs None) counts its prompts only. A map output
-    is capped at `map_max_new_tokens` when it is set, every other at `max_new_tokens`.
+    is capped at `map_max_new_tokens` (at most `max_new_tokens`) when it is set, every other at `max_new_tokens`.
     """
     from mapreduce.document import level_max_new_tokens
 

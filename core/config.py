@@ -168,6 +168,12 @@ class Config:
         """Prompt tokens at inference: what training left for the prompt beside the summary."""
         return self.data.max_length - self.generation.max_new_tokens
 
+    @property
+    def map_token_cap(self) -> Optional[int]:
+        """New tokens for a map call: map_max_new_tokens, never above max_new_tokens (None: unset)."""
+        cap = self.mapreduce.map_max_new_tokens
+        return None if cap is None else min(cap, self.generation.max_new_tokens)
+
 
 def section_classes() -> dict[str, type]:
     """section name -> its dataclass, in file order."""
@@ -288,8 +294,13 @@ def _check_worker_resources(mr: MapReduceConfig, device: str) -> None:
 
 
 def _check_map_tokens(cfg: Config, explicit: Collection[str]) -> None:
+    """A map call is capped at max_new_tokens (Config.map_token_cap); only two flags can contradict."""
     cap, most = cfg.mapreduce.map_max_new_tokens, cfg.generation.max_new_tokens
-    _require(cap is None or cap <= most, "map_max_new_tokens", f"in 1..max_new_tokens ({most})", cap)
+    if cap is not None and cap > most and {"map_max_new_tokens", "max_new_tokens"} <= set(explicit):
+        raise ConfigError(
+            f"config keys 'map_max_new_tokens' and 'max_new_tokens' contradict: --map-max-new-tokens {cap} vs "
+            f"--max-new-tokens {most} (a chunk's summary cannot exceed max_new_tokens); lower or drop one"
+        )
 
 
 _SECTION_CHECKS = (_check_data, _check_training, _check_generation, _check_evaluation, _check_mapreduce)

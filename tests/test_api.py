@@ -80,3 +80,10 @@ def test_ray_engine_gives_the_same_summary(summarizer, lively_model_dir):
     assert result.ok, result.error
     assert result.summary == local.summary
     assert [lv["name"] for lv in result.tree["levels"]] == [lv.name for lv in local.levels]
+
+
+def test_a_config_object_keeps_its_file_values_unforced():
+    from pathlib import Path
+
+    cpu = resolve_config(Path(__file__).resolve().parents[1] / "configs" / "smollm2_cpu.yaml")  # map 40
+    assert resolve_config(cpu, max_new_tokens=24).map_token_cap == 24  # only max_new_tokens was asked for

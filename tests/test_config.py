@@ -153,3 +153,26 @@ def test_enum_keys_take_only_their_values(key, value):
 )
 def test_command_checks_live_in_the_config(overrides, words):
     assert words in one_line_error(None, **overrides)
+
+
+CPU_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smollm2_cpu.yaml"  # map_max_new_tokens: 40
+
+
+def test_a_lower_max_new_tokens_caps_the_map_calls():
+    cfg = load_config(CPU_CONFIG, {"max_new_tokens": 24})
+    assert (cfg.mapreduce.map_max_new_tokens, cfg.map_token_cap) == (40, 24)
+    assert load_config(CPU_CONFIG).map_token_cap == 40
+    assert load_config(None).map_token_cap is None  # unset: the map calls use max_new_tokens
+
+
+def test_evaluate_takes_a_lower_max_new_tokens():
+    from evaluation.evaluate import build_parser
+
+    args = build_parser().parse_args(["--config", str(CPU_CONFIG), "--max-new-tokens", "32"])
+    assert config_from_args(args).generation.max_new_tokens == 32
+
+
+def test_only_two_explicit_flags_can_contradict():
+    message = one_line_error(CPU_CONFIG, max_new_tokens=24, map_max_new_tokens=40)
+    assert "--map-max-new-tokens 40" in message and "--max-new-tokens 24" in message
+    assert "map_max_new_tokens' must be positive" in one_line_error(CPU_CONFIG, map_max_new_tokens=0)

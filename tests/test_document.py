@@ -174,3 +174,11 @@ def test_inputs_of_an_earlier_level_are_no_longer_live():
     second = job.advance()
     assert [i.level_no for i in second] == [1] and second[0].template == REDUCE_TEMPLATE
     assert not any(i.live for i in first) and second[0].live
+
+
+def test_map_calls_are_capped_at_max_new_tokens(tmp_path):
+    from mapreduce.document import level_max_new_tokens
+
+    (tmp_path / "cfg.yaml").write_text("mapreduce:\n  map_max_new_tokens: 40\n")
+    cfg = load_config(tmp_path / "cfg.yaml", {"max_new_tokens": 24})
+    assert (level_max_new_tokens(cfg, "map"), level_max_new_tokens(cfg, "final")) == (24, None)
