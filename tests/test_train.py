@@ -258,6 +258,12 @@ def test_one_line_errors(tiny_model_dir, tmp_path, capsys):
     assert main(run_args(tiny_model_dir, tmp_path / "f", lora_target_modules="no_such_proj")) == 1
     assert "lora_target_modules" in _error_line(capsys)
 
+    # a local table has no validation split: its first rows would be training rows (D-1)
+    assert main(run_args(tiny_model_dir, tmp_path / "g", eval_split="validation[:2]")) == 1
+    assert "'eval_split' is 'validation[:2]'" in _error_line(capsys) and not (tmp_path / "g").exists()
+    assert main(run_args(tiny_model_dir, tmp_path / "h", eval_split="train[3:5]")) == 1
+    assert "share rows 3..3" in _error_line(capsys)
+
 
 def test_cli_error_is_one_line_without_traceback(tmp_path):
     cmd = [sys.executable, "-m", "training.train", "--config", CPU_CONFIG,

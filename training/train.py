@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from core.config import Config, ConfigError, save_config
-from core.data import DataError, drop_empty, load_rows
+from core.data import DataError, check_training_splits, drop_empty, load_rows, split_source
 from core.errors import UserError, first_line
 from core.flags import add_config_flags, config_from_args
 from core.models import load_base_model, load_tokenizer, name_adapter_base, resolve_device
@@ -109,8 +109,10 @@ def tokenize_rows(rows, tokenizer, cfg: Config, what: str):
     return encoded.remove_columns(["article_dropped", "summary_dropped"])
 
 
-def load_split(cfg: Config, source: str, split: str, tokenizer, what: str, merges: int = 0):
+def load_split(cfg: Config, what: str, tokenizer, merges: int = 0):
+    """The tokenized train or eval rows (`what`), from the source core.data.split_source picks."""
     d = cfg.data
+    source, split = split_source(d, what)
     rows = load_rows(source, split, d.dataset_config)
     rows = drop_empty(rows, d.article_field, d.summary_field)
     if len(rows) == 0:
@@ -217,7 +219,7 @@ def build_rouge_probe(cfg: Config, tokenizer):
     d, n = cfg.data, cfg.training.rouge_eval_examples
     if n <= 0 or not d.eval_split:
         return None
-    rows = drop_empty(load_rows(d.eval_dataset or d.dataset, d.eval_split, d.dataset_config), d.article_field, d.summary_field)
+    rows = drop_empty(load_rows(*split_source(d, "eval"), d.dataset_config), d.article_field, d.summary_field)
     rows = rows.select(range(min(n, len(rows))))
     prompts = [build_prompt_ids(tokenizer, a, cfg.prompt_budget, d.prompt_template) for a in rows[d.article_field]]
     return RougeProbe(prompts, list(rows[d.summary_field]), tokenizer, cfg.generation)
@@ -229,10 +231,10 @@ def prepare_data(cfg: Config, args, tokenizer):
     check_template_fits(tokenizer, d.prompt_template, d.max_length, "config key 'max_length': a summary token and EOS",
                         room=2, budget_name="max_length")
     with args.main_process_first(desc="load and tokenize data"):
-        train_data = load_split(cfg, d.dataset, d.train_split, tokenizer, "train", merges=d.merge_examples)
+        train_data = load_split(cfg, "train", tokenizer, merges=d.merge_examples)
         if not d.eval_split:
             return train_data, None, None
-        eval_data = load_split(cfg, d.eval_dataset or d.dataset, d.eval_split, tokenizer, "eval")
+        eval_data = load_split(cfg, "eval", tokenizer)
         return train_data, eval_data, build_rouge_probe(cfg, tokenizer)
 
 
@@ -306,6 +308,7 @@ def train(cfg: Config) -> int:
     t = cfg.training
     output_dir = Path(t.output_dir)
     has_eval = bool(cfg.data.eval_split)  # core.config checked what needs validation rows
+    check_training_splits(cfg.data)  # of one local table: train[a:b] slices, validation apart from training
     resume_from = check_output_dir(output_dir, t)
 
     device = resolve_device(cfg.model.device)
