@@ -122,6 +122,20 @@ def test_summary_only_loss_equals_the_full_logits_loss(tiny_model_dir, qwen_toke
     ours.backward()  # and gradients flow through the sliced head
 
 
+def test_tokenized_rows_carry_their_length_for_the_sampler(qwen_tokenizer):
+    import datasets
+
+    from training.train import tokenize_rows, training_arguments
+
+    cfg = load_config(None, {"max_length": 64, "max_new_tokens": 16, "dataset": "x.jsonl"})
+    rows = datasets.Dataset.from_list([{"article": "The council met on Monday. " * k, "highlights": "It met ."}
+                                       for k in (1, 4, 30)])
+    encoded = tokenize_rows(rows, qwen_tokenizer, cfg, "train")
+    assert encoded["length"] == [len(ids) for ids in encoded["input_ids"]] and max(encoded["length"]) == 64
+    args = training_arguments(cfg, on_cuda=False, dtype=torch.float32, has_eval=False)
+    assert args.length_column_name == "length" and args.train_sampling_strategy == "group_by_length"
+
+
 def test_adapter_config_names_the_hub_base(tmp_path):
     from core.models import name_adapter_base
 

@@ -78,23 +78,28 @@ def pick_optimizer(optim: str, on_cuda: bool) -> str:
 
 
 def tokenize_rows(rows, tokenizer, cfg: Config, what: str):
-    """rows -> a Dataset of input_ids/labels via build_training_example; logs truncation."""
+    """rows -> a Dataset of input_ids/labels/length via build_training_example; logs truncation.
+
+    `length` is what the length-grouped sampler reads; without it the Trainer makes a Python
+    pass over every tokenized row at start-up (on every rank).
+    """
     d = cfg.data
 
     def encode(batch):
-        out = {"input_ids": [], "labels": [], "article_dropped": [], "summary_dropped": []}
+        out = {"input_ids": [], "labels": [], "length": [], "article_dropped": [], "summary_dropped": []}
         articles = batch[d.article_field]
         templates = batch.get("prompt_template") or [d.prompt_template] * len(articles)  # merge rows carry their own
         for article, summary, template in zip(articles, batch[d.summary_field], templates):
             ex = build_training_example(tokenizer, article, summary, d.max_length, template)
             out["input_ids"].append(ex.input_ids)
             out["labels"].append(ex.labels)
+            out["length"].append(len(ex.input_ids))
             out["article_dropped"].append(ex.article_tokens_dropped)
             out["summary_dropped"].append(ex.summary_tokens_dropped)
         return out
 
     # A fingerprint from what determines the result, so every DDP rank finds rank 0's cache.
-    key = f"{rows._fingerprint}|{tokenizer.name_or_path}|{len(tokenizer)}|{d.max_length}|{d.prompt_template}"
+    key = f"{rows._fingerprint}|{tokenizer.name_or_path}|{len(tokenizer)}|{d.max_length}|{d.prompt_template}|length"
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     encoded = rows.map(
         encode, batched=True, remove_columns=rows.column_names,
@@ -201,9 +206,10 @@ def training_arguments(cfg: Config, on_cuda: bool, dtype, has_eval: bool):
             metric_for_best_model="eval_rougeL" if by_rouge else "eval_loss" if early else None,
             greater_is_better=True if by_rouge else False if early else None,
             train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+            length_column_name="length",  # tokenize_rows stores it: no pass over the rows to measure them
             seed=t.seed,
             report_to=[],
-            remove_unused_columns=False,  # the dataset holds exactly input_ids and labels
+            remove_unused_columns=False,  # input_ids, labels and length; the collator takes the first two
             label_names=["labels"],
             ddp_find_unused_parameters=False,  # every LoRA weight is used in each step
         )
