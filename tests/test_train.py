@@ -122,6 +122,22 @@ def test_summary_only_loss_equals_the_full_logits_loss(tiny_model_dir, qwen_toke
     ours.backward()  # and gradients flow through the sliced head
 
 
+def test_gradient_accumulation_2_matches_one_batch_of_twice_the_rows(tiny_model_dir, tmp_path):
+    """2 micro-batches of 2 rows = 1 batch of 4: the same losses (normalised over all summary tokens) and steps."""
+    def losses(out, batch, accumulation):
+        argv = run_args(tiny_model_dir, out, max_steps=2, eval_split="null", rouge_eval_examples=0, save_steps=10,
+                        per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
+        assert main(argv) == 0
+        log = read_log(out)
+        assert log[-1]["finished"] and log[-1]["step"] == 2  # optimizer steps, not micro-batches
+        return [e["loss"] for e in log if "loss" in e]
+
+    one, accumulated = losses(tmp_path / "ga1", 4, 1), losses(tmp_path / "ga2", 2, 2)
+    assert len(one) == len(accumulated) == 2
+    assert one == pytest.approx(accumulated, rel=1e-4)
+    assert accumulated[1] < accumulated[0]  # the second step saw the first one's update
+
+
 def test_tokenized_rows_carry_their_length_for_the_sampler(qwen_tokenizer):
     import datasets
 
