@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.config import add_config_flags, config_from_args
+from core.flags import add_config_flags, config_from_args
 from mapreduce.engine import open_engine
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "cnndm" / "test.jsonl"

@@ -56,7 +56,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from core.config import Config, add_config_flags, config_from_args
+from core.config import Config
+from core.flags import add_config_flags, config_from_args
 from core.errors import UserError, first_line
 from evaluation.longdocs_data import load_longdocs
 
@@ -114,7 +115,7 @@ def count_levels(levels: list[dict], template_tokens: dict[str, int], cfg: Confi
     """Tokens a document's levels cost (dicts as in DocumentResult.tree["levels"]).
 
     A level the run did not finish (outputs None) counts its prompts only. A map output
-    is capped at `map_max_new_tokens` when it is set, every other at `max_new_tokens`.
+    is capped at `map_max_new_tokens` (at most `max_new_tokens`) when it is set, every other at `max_new_tokens`.
     """
     from mapreduce.document import level_max_new_tokens
 

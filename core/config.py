@@ -1,158 +1,156 @@
-"""One config for every entry point: YAML in, validated dataclasses out, CLI flags on top.
+"""One config for every entry point: YAML in, validated dataclasses out.
 
 The YAML file has sections (model, lora, data, training, generation, evaluation,
 mapreduce, batch). Every key name is unique across sections, so each key is also a
-command-line flag of the same name (`lora_r` <-> `--lora-r`) and a flag always wins over
-the file. Validation happens at load: an unknown key or a wrong type is one line naming
+command-line flag of the same name (`lora_r` <-> `--lora-r`, built by core.flags from the
+help text each field carries) and a flag always wins over the file. Validation happens at
+load, here and nowhere else: an unknown key, a wrong type or a bad value is one line naming
 the key, raised as ConfigError (the CLIs print it without a traceback).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Collection, Literal, Optional
 
 import yaml
 
 from core.errors import ConfigError, first_line  # ConfigError is also imported from here
+from core.hints import check_type
 from core.prompt import DEFAULT_TEMPLATE
 
 # the systems evaluation.evaluate scores, in the order it generates them (the adapter last:
 # it is merged into the base model the systems before it use)
 EVAL_SYSTEMS = ("lead3", "base", "base_chat", "adapter")
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Quantization = Literal["none", "4bit", "8bit"]
+
+
+def knob(default: Any, help: str) -> Any:
+    """A config key with its one help text, which its --flag's help reads (litgpt's rule)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class ModelConfig:
-    base_model: str = "Qwen/Qwen2.5-3B-Instruct"  # hub id, local dir, or a .gguf file
-    adapter: Optional[str] = None  # dir of a peft LoRA adapter
-    merge_adapter: bool = True  # merge_and_unload for inference
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (CUDA: bf16, fp16 without bf16; CPU: fp32, bf16 for inference on native-bf16 CPUs) | float32 | bfloat16 | float16
-    quantization: str = "none"  # none | 4bit | 8bit (bitsandbytes, CUDA only)
-    trust_remote_code: bool = False
-    num_threads: Optional[int] = None  # torch.set_num_threads on CPU
+    base_model: str = knob("Qwen/Qwen2.5-3B-Instruct", "hub id, local dir, .gguf file or embedded:NAME")
+    adapter: Optional[str] = knob(None, "dir of a peft LoRA adapter (null: the base model alone)")
+    merge_adapter: bool = knob(True, "merge the adapter into the weights for inference (merge_and_unload)")
+    device: str = knob("auto", "auto | cpu | cuda | cuda:N (auto: CUDA when there is one)")
+    dtype: Dtype = knob("auto", "auto: bf16 on CUDA (fp16 without bf16), fp32 on CPU (bf16 inference on bf16 CPUs)")
+    quantization: Quantization = knob("none", "bitsandbytes 4bit/8bit weights (CUDA only); none: full weights")
+    trust_remote_code: bool = knob(False, "run a hub model's own Python code")
+    num_threads: Optional[int] = knob(None, "torch threads on CPU (null: torch's default)")
 
 
 @dataclass
 class LoraConfig:
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.5
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "v_proj", "up_proj", "down_proj"]
-    )
+    lora_r: int = knob(16, "LoRA rank: the adapter's inner width")
+    lora_alpha: int = knob(32, "LoRA scale numerator (the update is scaled by alpha / r)")
+    lora_dropout: float = knob(0.5, "dropout on the adapter's input, 0..1")
+    lora_target_modules: list[str] = knob(["q_proj", "v_proj", "up_proj", "down_proj"], "modules given an adapter")
 
 
 @dataclass
 class DataConfig:
-    # a hub name, or local .jsonl/.jsonl.gz/.parquet files or dirs (read in order, as one)
-    dataset: list[str] = field(default_factory=lambda: ["cnn_dailymail"])
-    dataset_config: Optional[str] = "3.0.0"
-    train_split: str = "train[:260000]"
-    eval_split: Optional[str] = "validation[:1000]"
-    eval_dataset: Optional[str] = None  # another source for validation (defaults to `dataset`)
-    test_split: str = "test"
-    test_dataset: Optional[str] = None  # another source for evaluation (defaults to `dataset`)
-    article_field: str = "article"
-    summary_field: str = "highlights"
-    id_field: str = "id"
-    max_length: int = 2048  # prompt + summary + EOS, in tokens
-    prompt_template: str = DEFAULT_TEMPLATE
-    # training only: this many merge-shaped rows (core.data.merge_rows) join the train split
-    merge_examples: int = 0
+    dataset: list[str] = knob(["cnn_dailymail"], "a hub name, or local .jsonl/.parquet files or dirs: one table")
+    dataset_config: Optional[str] = knob("3.0.0", "the hub dataset's config name (unused for local files)")
+    train_split: str = knob("train[:260000]", "training rows: a split and an optional slice, e.g. train[:1000]")
+    eval_split: Optional[str] = knob("validation[:1000]", "validation rows (null: none); local: a train[a:b] slice")
+    eval_dataset: Optional[str] = knob(None, "another source for the validation rows (null: dataset)")
+    test_split: str = knob("test", "the rows evaluation scores; of a local dataset: a train[a:b] slice")
+    test_dataset: Optional[str] = knob(None, "another source for the test rows (null: dataset)")
+    article_field: str = knob("article", "the row field holding the document")
+    summary_field: str = knob("highlights", "the row field holding the reference summary")
+    id_field: str = knob("id", "the row field holding an example's id (missing: the row number)")
+    max_length: int = knob(2048, "tokens of prompt + summary + EOS; the prompt budget is max_length - max_new_tokens")
+    prompt_template: str = knob(DEFAULT_TEMPLATE, "the summarization prompt; must hold {article} once")
+    merge_examples: int = knob(0, "training only: add this many merge-shaped rows (2-4 consecutive summaries -> "
+                                  "their lead sentences at a stated length), for the reduce's prompt; 0: none")
 
 
 @dataclass
 class TrainingConfig:
-    output_dir: str = "outputs/adapter"
-    learning_rate: float = 1e-5
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    per_device_train_batch_size: int = 1
-    per_device_eval_batch_size: int = 1
-    gradient_accumulation_steps: int = 4
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    eval_steps: int = 1000
-    save_steps: int = 1000
-    logging_steps: int = 10
-    save_total_limit: Optional[int] = 3
-    optim: str = "paged_adamw_8bit"
-    max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False
-    early_stopping_patience: Optional[int] = None
-    # at each evaluation, summarize the first N validation rows with the `generation`
-    # settings and keep the checkpoint with the best ROUGE-L (0: validation loss only)
-    rouge_eval_examples: int = 0
-    group_by_length: bool = True  # batches of similar length: less padding to train on
-    seed: int = 42
-    resume: bool = False
+    output_dir: str = knob("outputs/adapter", "where the adapter, checkpoints, logs and loss.png go")
+    learning_rate: float = knob(1e-5, "peak learning rate")
+    lr_scheduler_type: str = knob("cosine", "a transformers schedule name: cosine, linear, constant, ...")
+    warmup_steps: int = knob(100, "optimizer steps of linear warmup")
+    weight_decay: float = knob(0.01, "AdamW weight decay")
+    per_device_train_batch_size: int = knob(1, "training rows per device per micro-batch")
+    per_device_eval_batch_size: int = knob(1, "validation rows per device per batch")
+    gradient_accumulation_steps: int = knob(4, "micro-batches per optimizer step")
+    num_train_epochs: float = knob(1.0, "passes over the training rows (unless max_steps is set)")
+    max_steps: int = knob(-1, "optimizer steps to train (-1: num_train_epochs decides)")
+    eval_steps: int = knob(1000, "optimizer steps between validations")
+    save_steps: int = knob(1000, "optimizer steps between checkpoints")
+    logging_steps: int = knob(10, "optimizer steps between training-loss log entries")
+    save_total_limit: Optional[int] = knob(3, "checkpoints kept (null: all)")
+    optim: str = knob("paged_adamw_8bit", "a transformers optimizer (bitsandbytes ones: adamw_torch on CPU)")
+    max_grad_norm: float = knob(1.0, "gradient clipping norm")
+    gradient_checkpointing: bool = knob(False, "recompute activations in the backward pass: less memory, slower")
+    early_stopping_patience: Optional[int] = knob(None, "stop after this many validations with no gain (null: never)")
+    rouge_eval_examples: int = knob(0, "at each validation, summarize this many validation rows and keep the "
+                                       "checkpoint with the best ROUGE-L (0: validation loss only)")
+    group_by_length: bool = knob(True, "batches of similar length: less padding to train on")
+    seed: int = knob(42, "seed of the shuffle, the dropout and the merge rows")
+    resume: bool = knob(False, "continue from the last checkpoint in output_dir")
 
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 100
-    generation_batch_size: int = 8
-    min_new_tokens: int = 0
-    num_beams: int = 1
-    length_penalty: float = 1.0  # beam search only: > 1 favours longer summaries
-    # both look at the generated tokens only, never at the prompt (core.generation)
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
+    max_new_tokens: int = knob(100, "tokens a summary may have (also the room training leaves for it)")
+    generation_batch_size: int = knob(8, "prompts per generate call")
+    min_new_tokens: int = knob(0, "tokens before EOS is allowed (0: no floor)")
+    num_beams: int = knob(1, "beam width (1: greedy)")
+    length_penalty: float = knob(1.0, "beam search only: > 1 favours longer summaries")
+    repetition_penalty: float = knob(1.0, "penalty on tokens already generated, never on the prompt (1: off)")
+    no_repeat_ngram_size: int = knob(0, "no n-gram of this size twice in the generated tokens (0: off)")
 
 
 @dataclass
 class EvaluationConfig:
-    eval_output_dir: str = "outputs/eval"
-    num_examples: Optional[int] = None
-    systems: list[str] = field(default_factory=lambda: ["lead3", "base", "adapter"])  # of EVAL_SYSTEMS
-    bertscore_model: str = "roberta-large"  # a hub id or a local encoder dir
-    bertscore_num_layers: Optional[int] = 17
-    bootstrap_samples: int = 1000
+    eval_output_dir: str = knob("outputs/eval", "where results, per-example scores and the generation log go")
+    num_examples: Optional[int] = knob(None, "score the first N test rows (null: all)")
+    systems: list[str] = knob(["lead3", "base", "adapter"], f"systems to score, of {', '.join(EVAL_SYSTEMS)}")
+    bertscore_model: str = knob("roberta-large", "BERTScore encoder: a hub id, a local dir or embedded:minilm")
+    bertscore_num_layers: Optional[int] = knob(17, "the encoder layer BERTScore reads (null: bert_score's default)")
+    bootstrap_samples: int = knob(1000, "resamples for the 95% confidence intervals")
 
 
 @dataclass
 class MapReduceConfig:
-    chunk_size: int = 1800  # tokens of document text per chunk
-    chunk_overlap: int = 150
-    reduce_template: Optional[str] = None  # None: the training prompt_template
-    # about how long a long document's summary may be, in words: the reduce stops once the
-    # parts' summaries, joined in order, fit it (0: reduce to one news-length summary)
-    summary_words: int = 0
-    # leave out a chunk summary's sentence when less than this share of its content words occur
-    # in the chunk (an invented sentence; 0: keep every sentence)
-    min_support: float = 0.5
-    max_reduce_depth: int = 4
-    # new tokens for a map call (None: generation.max_new_tokens): the reduce keeps a chunk
-    # summary's first sentences, so tokens past them are decoded for nothing
-    map_max_new_tokens: Optional[int] = None
-    num_workers: Optional[int] = None  # None: one per GPU, or one on CPU
-    num_gpus_per_worker: float = 1.0
-    num_cpus_per_worker: float = 1.0
-    ray_address: Optional[str] = None  # None: $RAY_ADDRESS, else a local cluster
-    max_task_retries: int = 2
-    # a hung worker must end in an error, not a wait forever (0: no limit)
-    call_timeout_s: float = 1800.0  # one batch of summaries
-    start_timeout_s: float = 900.0  # a worker loading its model
-    # refuse documents above this many tokens unless asked (0: no limit); a 1.3M-token text
-    # is ~3,800 chunks, hours on a CPU
-    max_document_tokens: int = 500_000
-    # with summary_words: how the parts' summaries become one (mapreduce.reduce)
-    reduce: str = "select"  # select (their sentences, no model call) | merge (the model merges them, level by level)
-    merge_fanin: int = 4  # merge: consecutive summaries per merge call
+    chunk_size: int = knob(1800, "tokens of document text per map chunk (must fit the prompt budget)")
+    chunk_overlap: int = knob(150, "tokens two neighbouring chunks share, so no sentence is lost at a cut")
+    reduce_template: Optional[str] = knob(None, "prompt for joined partial summaries (null: prompt_template)")
+    summary_words: int = knob(0, "about how many words a long document's summary may have: the reduce keeps the "
+                                 "parts' summaries, else their lead sentences, in order (0: one short summary)")
+    min_support: float = knob(0.5, "leave out a chunk summary's sentence when less than this share of its content "
+                                   "words occurs in the chunk (an invented sentence); 0: keep every sentence")
+    max_reduce_depth: int = knob(4, "collapse levels at most before a document fails")
+    map_max_new_tokens: Optional[int] = knob(None, "new tokens per chunk summary, capped at max_new_tokens (null: it)")
+    num_workers: Optional[int] = knob(None, "Ray actors (null: one per GPU, or one on CPU)")
+    num_gpus_per_worker: float = knob(1.0, "GPUs per actor: a fraction shares a GPU")
+    num_cpus_per_worker: float = knob(1.0, "CPUs per actor (its torch threads on CPU)")
+    ray_address: Optional[str] = knob(None, "Ray cluster address (null: $RAY_ADDRESS, else a local cluster)")
+    max_task_retries: int = knob(2, "Ray retries of a failed or lost actor call")
+    call_timeout_s: float = knob(1800.0, "seconds to wait for a batch of summaries (0: no limit)")
+    start_timeout_s: float = knob(900.0, "seconds to wait for a worker to load its model (0: no limit)")
+    max_document_tokens: int = knob(500_000, "refuse documents above this many tokens (0: no limit)")
+    reduce: str = knob("select", "with summary_words, how the chunks' summaries become one: select = their sentences "
+                                 "in order, no model call; merge = the model merges groups of merge_fanin "
+                                 "consecutive summaries, level by level, in order, the last merge to summary_words")
+    merge_fanin: int = knob(4, "merge: consecutive summaries per merge call (>= 2)")
 
 
 @dataclass
 class BatchConfig:
-    text_field: str = "document"
-    max_docs_in_flight: int = 16
+    text_field: str = knob("document", "the input JSONL field holding a document's text")
+    max_docs_in_flight: int = knob(16, "documents the batch job keeps open at once")
 
 
 @dataclass
@@ -174,87 +172,34 @@ class Config:
         """Prompt tokens at inference: what training left for the prompt beside the summary."""
         return self.data.max_length - self.generation.max_new_tokens
 
-
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
-
-
-def _section_classes() -> dict[str, type]:
-    hints = typing.get_type_hints(Config)
-    return {name: hints[name] for name in SECTIONS}
+    @property
+    def map_token_cap(self) -> Optional[int]:
+        """New tokens for a map call: map_max_new_tokens, never above max_new_tokens (None: unset)."""
+        cap = self.mapreduce.map_max_new_tokens
+        return None if cap is None else min(cap, self.generation.max_new_tokens)
 
 
-def _key_index() -> dict[str, tuple[str, Any]]:
+def section_classes() -> dict[str, type]:
+    """section name -> its dataclass, in file order."""
+    return typing.get_type_hints(Config)
+
+
+def key_index() -> dict[str, tuple[str, Any]]:
     """key -> (section, type hint); keys are unique across sections by design."""
     index: dict[str, tuple[str, Any]] = {}
-    for section, cls in _section_classes().items():
+    for section, cls in section_classes().items():
         for key, hint in typing.get_type_hints(cls).items():
             assert key not in index, f"duplicate config key {key}"
             index[key] = (section, hint)
     return index
 
 
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        return f"{_describe(inner[0])} or null"
-    if origin is list:
-        return f"list of {_describe(typing.get_args(hint)[0])}"
-    return getattr(hint, "__name__", str(hint))
+def key_help(cls: type) -> dict[str, str]:
+    """key -> its one help text (the field's metadata)."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
-_ONE_OR_MORE = ("dataset",)  # list keys where a single value is fine too
-
-
-def _check_type(key: str, value: Any, hint: Any) -> Any:
-    """Return value coerced to hint (int -> float only), or raise ConfigError naming key."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        inner = [a for a in typing.get_args(hint) if a is not type(None)][0]
-        return _check_type(key, value, inner)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, str) and key in _ONE_OR_MORE:
-            value = [value]  # `dataset: a.jsonl` means a list of one
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}' must be a {_describe(hint)}, got {value!r}")
-        return [_check_type(key, v, item) for v in value]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is bool and not isinstance(value, bool):
-        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
-    if hint is int and isinstance(value, bool):
-        raise ConfigError(f"config key '{key}' must be an int, got {value!r}")
-    if not isinstance(value, hint):
-        raise ConfigError(f"config key '{key}' must be a {_describe(hint)}, got {value!r}")
-    return value
-
-
-def _check_worker_resources(mr: MapReduceConfig, device: str) -> None:
-    """Ray accepts none of these (or only with a traceback): refuse them before it starts."""
-    cpus, gpus = mr.num_cpus_per_worker, mr.num_gpus_per_worker
-    if cpus < 0 or (device == "cpu" and cpus == 0):
-        need = "positive with device cpu (the actor's threads)" if device == "cpu" else ">= 0"
-        raise ConfigError(f"config key 'num_cpus_per_worker' must be {need}, got {cpus:g}")
-    if gpus < 0:
-        raise ConfigError(f"config key 'num_gpus_per_worker' must be >= 0, got {gpus:g}")
-    if gpus > 1 and not float(gpus).is_integer():
-        raise ConfigError(
-            f"config key 'num_gpus_per_worker' must be a fraction up to 1 (GPU sharing) or a whole number, got {gpus:g}"
-        )
-    if mr.max_task_retries < 0:
-        raise ConfigError(f"config key 'max_task_retries' must be >= 0, got {mr.max_task_retries}")
-
-
-def check_chunk_overlap(chunk_size: int, chunk_overlap: int) -> None:
-    """Chunks advance by chunk_size - chunk_overlap tokens: that must be positive."""
-    if not 0 <= chunk_overlap < chunk_size:
-        raise ConfigError(
-            f"config key 'chunk_overlap' must be >= 0 and below chunk_size ({chunk_size}), got {chunk_overlap}"
-        )
-
+# --- value checks, one per section -----------------------------------------------------
 
 # A floor under the prompt budget, checked at load where no tokenizer exists yet: a budget this
 # small holds no real prompt. It is not the template's size; core.prompt.check_template_fits
@@ -262,74 +207,126 @@ def check_chunk_overlap(chunk_size: int, chunk_overlap: int) -> None:
 PROMPT_BUDGET_FLOOR = 16
 
 
-def _check_values(cfg: Config) -> None:
-    """Cross-field checks that a type alone cannot express."""
-    d, m, g, mr = cfg.data, cfg.model, cfg.generation, cfg.mapreduce
+def _require(ok: bool, key: str, need: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' must be {need}, got {value}")
+
+
+def _check_data(cfg: Config) -> None:
+    d, g = cfg.data, cfg.generation
     if d.prompt_template.count("{article}") != 1:
         raise ConfigError("config key 'prompt_template' must contain '{article}' exactly once")
-    if mr.reduce_template is not None and mr.reduce_template.count("{article}") != 1:
-        raise ConfigError("config key 'reduce_template' must contain '{article}' exactly once")
     if cfg.prompt_budget <= PROMPT_BUDGET_FLOOR:
         raise ConfigError(
             f"config key 'max_length' ({d.max_length}) must exceed max_new_tokens "
             f"({g.max_new_tokens}) by more than {PROMPT_BUDGET_FLOOR} tokens (the least room for a prompt)"
         )
-    if m.quantization not in ("none", "4bit", "8bit"):
-        raise ConfigError(f"config key 'quantization' must be none, 4bit or 8bit, got {m.quantization!r}")
-    if m.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise ConfigError(f"config key 'dtype' must be auto, float32, bfloat16 or float16, got {m.dtype!r}")
-    positive = {
-        "lora_r": cfg.lora.lora_r,
-        "max_new_tokens": g.max_new_tokens,
-        "generation_batch_size": g.generation_batch_size,
-        "chunk_size": mr.chunk_size,
-        "max_reduce_depth": mr.max_reduce_depth,
-    }
-    if d.merge_examples < 0:
-        raise ConfigError(f"config key 'merge_examples' must be >= 0, got {d.merge_examples}")
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"config key '{key}' must be positive, got {value}")
-    for key in ("num_beams", "repetition_penalty"):
-        if getattr(g, key) <= 0:
-            raise ConfigError(f"config key '{key}' must be positive, got {getattr(g, key)}")
+    _require(d.merge_examples >= 0, "merge_examples", ">= 0", d.merge_examples)
+
+
+def _check_training(cfg: Config) -> None:
+    t, has_eval = cfg.training, bool(cfg.data.eval_split)
+    _require(cfg.lora.lora_r > 0, "lora_r", "positive", cfg.lora.lora_r)
+    _require(t.rouge_eval_examples >= 0, "rouge_eval_examples", ">= 0", t.rouge_eval_examples)
+    selecting = {"early_stopping_patience": t.early_stopping_patience is not None,
+                 "rouge_eval_examples": t.rouge_eval_examples > 0}
+    for key in (k for k, on in selecting.items() if on):
+        if not has_eval:
+            raise ConfigError(f"config key '{key}' needs an eval_split (validation rows)")
+        if t.save_steps % t.eval_steps:
+            raise ConfigError(
+                f"config key '{key}' needs save_steps ({t.save_steps}) "
+                f"to be a multiple of eval_steps ({t.eval_steps}): the best checkpoint must be saved"
+            )
+
+
+def _check_generation(cfg: Config) -> None:
+    g = cfg.generation
+    for key in ("max_new_tokens", "generation_batch_size", "num_beams", "repetition_penalty"):
+        _require(getattr(g, key) > 0, key, "positive", getattr(g, key))
     for key in ("min_new_tokens", "no_repeat_ngram_size"):
-        if getattr(g, key) < 0:
-            raise ConfigError(f"config key '{key}' must be >= 0, got {getattr(g, key)}")
-    if g.min_new_tokens > g.max_new_tokens:
-        raise ConfigError(
-            f"config key 'min_new_tokens' ({g.min_new_tokens}) must not exceed max_new_tokens ({g.max_new_tokens})"
-        )
-    check_chunk_overlap(mr.chunk_size, mr.chunk_overlap)
-    for key in ("call_timeout_s", "start_timeout_s", "max_document_tokens"):
-        if getattr(mr, key) < 0:
-            raise ConfigError(f"config key '{key}' must be >= 0 (0: no limit), got {getattr(mr, key)}")
-    if mr.map_max_new_tokens is not None and not 0 < mr.map_max_new_tokens <= g.max_new_tokens:
-        raise ConfigError(f"config key 'map_max_new_tokens' must be in 1..max_new_tokens ({g.max_new_tokens}), "
-                          f"got {mr.map_max_new_tokens}")
-    if not 0 <= mr.min_support <= 1:
-        raise ConfigError(f"config key 'min_support' must be in [0, 1] (0: keep every sentence), got {mr.min_support}")
-    if mr.reduce not in ("select", "merge"):
-        raise ConfigError(f"config key 'reduce' must be select or merge, got {mr.reduce!r}")
-    if mr.merge_fanin < 2:
-        raise ConfigError(f"config key 'merge_fanin' must be >= 2, got {mr.merge_fanin}")
-    if mr.summary_words < 0:
-        raise ConfigError(f"config key 'summary_words' must be >= 0 (0: one short summary), got {mr.summary_words}")
-    if mr.num_workers is not None and mr.num_workers <= 0:
-        raise ConfigError(f"config key 'num_workers' must be positive, got {mr.num_workers}")
-    _check_worker_resources(mr, m.device)
-    for name in cfg.evaluation.systems:
+        _require(getattr(g, key) >= 0, key, ">= 0", getattr(g, key))
+    need = f"at most max_new_tokens ({g.max_new_tokens})"
+    _require(g.min_new_tokens <= g.max_new_tokens, "min_new_tokens", need, g.min_new_tokens)
+
+
+def _check_evaluation(cfg: Config) -> None:
+    e = cfg.evaluation
+    if not e.systems:
+        raise ConfigError("config key 'systems' is empty")
+    for name in e.systems:
         if name not in EVAL_SYSTEMS:
             raise ConfigError(
                 f"config key 'systems' has unknown system {name!r} (choose from {', '.join(EVAL_SYSTEMS)})"
             )
+    _require(e.bootstrap_samples > 0, "bootstrap_samples", "positive", e.bootstrap_samples)
+    _require(e.num_examples is None or e.num_examples > 0, "num_examples", "positive (null: all)", e.num_examples)
 
 
-def config_from_dict(raw: dict[str, Any] | None, source: str = "config") -> Config:
+def check_chunk_overlap(chunk_size: int, chunk_overlap: int) -> None:
+    """Chunks advance by chunk_size - chunk_overlap tokens: that must be positive."""
+    need = f">= 0 and below chunk_size ({chunk_size})"
+    _require(0 <= chunk_overlap < chunk_size, "chunk_overlap", need, chunk_overlap)
+
+
+def _check_mapreduce(cfg: Config) -> None:
+    mr = cfg.mapreduce
+    if mr.reduce_template is not None and mr.reduce_template.count("{article}") != 1:
+        raise ConfigError("config key 'reduce_template' must contain '{article}' exactly once")
+    for key in ("chunk_size", "max_reduce_depth"):
+        _require(getattr(mr, key) > 0, key, "positive", getattr(mr, key))
+    check_chunk_overlap(mr.chunk_size, mr.chunk_overlap)
+    for key in ("call_timeout_s", "start_timeout_s", "max_document_tokens"):
+        _require(getattr(mr, key) >= 0, key, ">= 0 (0: no limit)", getattr(mr, key))
+    _require(0 <= mr.min_support <= 1, "min_support", "in [0, 1] (0: keep every sentence)", mr.min_support)
+    _require(mr.summary_words >= 0, "summary_words", ">= 0 (0: one short summary)", mr.summary_words)
+    _require(mr.num_workers is None or mr.num_workers > 0, "num_workers", "positive", mr.num_workers)
+    _require(mr.reduce in ("select", "merge"), "reduce", "select or merge", repr(mr.reduce))
+    _require(mr.merge_fanin >= 2, "merge_fanin", ">= 2", mr.merge_fanin)
+    cap = mr.map_max_new_tokens
+    _require(cap is None or cap > 0, "map_max_new_tokens", "positive (null: max_new_tokens)", cap)
+    _check_worker_resources(mr, cfg.model.device)
+
+
+def _check_worker_resources(mr: MapReduceConfig, device: str) -> None:
+    """Ray accepts none of these (or only with a traceback): refuse them before it starts."""
+    cpus, gpus = mr.num_cpus_per_worker, mr.num_gpus_per_worker
+    need = "positive with device cpu (the actor's threads)" if device == "cpu" else ">= 0"
+    _require(cpus > 0 if device == "cpu" else cpus >= 0, "num_cpus_per_worker", need, f"{cpus:g}")
+    _require(gpus >= 0, "num_gpus_per_worker", ">= 0", f"{gpus:g}")
+    _require(gpus <= 1 or float(gpus).is_integer(), "num_gpus_per_worker",
+             "a fraction up to 1 (GPU sharing) or a whole number", f"{gpus:g}")
+    _require(mr.max_task_retries >= 0, "max_task_retries", ">= 0", mr.max_task_retries)
+
+
+def _check_map_tokens(cfg: Config, explicit: Collection[str]) -> None:
+    """A map call is capped at max_new_tokens (Config.map_token_cap); only two flags can contradict."""
+    cap, most = cfg.mapreduce.map_max_new_tokens, cfg.generation.max_new_tokens
+    if cap is not None and cap > most and {"map_max_new_tokens", "max_new_tokens"} <= set(explicit):
+        raise ConfigError(
+            f"config keys 'map_max_new_tokens' and 'max_new_tokens' contradict: --map-max-new-tokens {cap} vs "
+            f"--max-new-tokens {most} (a chunk's summary cannot exceed max_new_tokens); lower or drop one"
+        )
+
+
+_SECTION_CHECKS = (_check_data, _check_training, _check_generation, _check_evaluation, _check_mapreduce)
+
+
+def check_values(cfg: Config, explicit: Collection[str] = ()) -> None:
+    """Cross-field checks a type alone cannot express; `explicit`: the keys given as flags/overrides."""
+    for check in _SECTION_CHECKS:
+        check(cfg)
+    _check_map_tokens(cfg, explicit)
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def config_from_dict(raw: dict[str, Any] | None, source: str = "config", explicit: Collection[str] = ()) -> Config:
     raw = raw or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping of sections")
-    classes = _section_classes()
+    classes = section_classes()
     sections: dict[str, Any] = {}
     for section, values in raw.items():
         if section not in classes:
@@ -344,10 +341,10 @@ def config_from_dict(raw: dict[str, Any] | None, source: str = "config") -> Conf
         for key, value in values.items():
             if key not in hints:
                 raise ConfigError(f"{source}: unknown key '{key}' in section '{section}'")
-            checked[key] = _check_type(key, value, hints[key])
+            checked[key] = check_type(key, value, hints[key])
         sections[section] = classes[section](**checked)
     cfg = Config(**sections)
-    _check_values(cfg)
+    check_values(cfg, explicit)
     return cfg
 
 
@@ -365,6 +362,18 @@ def yaml_file(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
 
 
+def _with_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str) -> Config:
+    index = key_index()
+    for key, value in overrides.items():
+        if key not in index:
+            raise ConfigError(f"unknown config key '{key}'")
+        section = index[key][0]
+        if raw.get(section) is None:
+            raw[section] = {}
+        raw[section][key] = value
+    return config_from_dict(raw, source, explicit=overrides)
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
     """Load YAML (None: all defaults), apply flat `key: value` overrides, validate."""
     raw: dict[str, Any] = {}
@@ -377,114 +386,13 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         raw = yaml_file(path)
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
-    index = _key_index()
-    for key, value in (overrides or {}).items():
-        if key not in index:
-            raise ConfigError(f"unknown config key '{key}'")
-        section = index[key][0]
-        raw.setdefault(section, {})
-        if raw[section] is None:
-            raw[section] = {}
-        raw[section][key] = value
-    return config_from_dict(raw, source)
+    return _with_overrides(raw, dict(overrides or {}), source)
+
+
+def replace_config(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """A copy of cfg with flat `key: value` overrides, validated like a load."""
+    return _with_overrides(cfg.to_dict(), dict(overrides), "config")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-# --- command-line flags ---------------------------------------------------------------
-
-_FLAG_HELP = "overrides config key '{key}' ({type}; {default!r} unless a --config sets it)"
-# what a flag means, where the key name alone does not say it; shown before _FLAG_HELP
-KEY_HELP = {
-    "summary_words": "about how many words a long document's summary may have: the reduce keeps the parts' "
-                     "summaries while they fit, else their lead sentences (round-robin, then the leads that add "
-                     "the most new content words), in document order, with no model call; 0 = reduce to one "
-                     "news-length summary.",
-    "map_max_new_tokens": "new tokens for each chunk's summary (unset = max_new_tokens): the reduce keeps its "
-                          "first sentences, so a shorter cap saves decoding time.",
-    "min_support": "leave out a chunk summary's sentence when less than this share of its content words "
-                   "occurs in the chunk (an invented sentence); 0 = keep every sentence.",
-    "reduce": "with summary_words, how the chunks' summaries become one: select = their sentences in document "
-              "order (no model call); merge = the model merges consecutive groups of merge_fanin summaries, level "
-              "by level, in order, each group asked for its share of the words, the last for summary_words.",
-    "chunk_size": "tokens of document text per map chunk (must fit the prompt budget with the template).",
-    "chunk_overlap": "tokens two neighbouring chunks share, so no sentence is lost at a cut.",
-    "reduce_template": "prompt for summarizing joined partial summaries (must hold {article}); unset = the "
-                       "training prompt_template.",
-    "merge_examples": "training only: add this many merge-shaped rows to the train split (the summaries of 2-4 "
-                      "consecutive training articles as parts -> their lead sentences, in order, at a stated "
-                      "length), so the adapter learns the reduce's merge prompt too; 0 = news rows only.",
-    "max_length": "tokens of prompt + summary; the prompt budget is max_length - max_new_tokens.",
-}
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _flag_parser(hint: Any):
-    """A string->value parser for a flag; 'null'/'none' gives None for optional keys."""
-    origin = typing.get_origin(hint)
-    optional = False
-    if origin in (typing.Union, types.UnionType):
-        optional = True
-        hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
-        origin = typing.get_origin(hint)
-
-    def parse(text: str):
-        if optional and text.lower() in ("null", "none"):
-            return None
-        if origin is list:
-            return [s.strip() for s in text.split(",") if s.strip()]
-        if hint is bool:
-            return _parse_bool(text)
-        try:
-            return hint(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {_describe(hint)}, got {text!r}") from None
-
-    return parse
-
-
-def add_config_flags(
-    parser: argparse.ArgumentParser,
-    sections: tuple[str, ...] | None = None,
-    skip: tuple[str, ...] = (),
-) -> None:
-    """Add `--config` and one `--key-name` flag per config key of the given sections."""
-    if not any(a.dest == "config" for a in parser._actions):
-        parser.add_argument("--config", help="YAML config file (flags below override its values)")
-    defaults = Config()
-    for section, cls in _section_classes().items():
-        if sections is not None and section not in sections:
-            continue
-        group = parser.add_argument_group(f"config: {section}")
-        for key, hint in typing.get_type_hints(cls).items():
-            if key in skip:
-                continue
-            default = getattr(getattr(defaults, section), key)
-            extra = {"nargs": "?", "const": True} if hint is bool else {}  # `--resume` == `--resume true`
-            group.add_argument(
-                "--" + key.replace("_", "-"),
-                dest=key,
-                type=_flag_parser(hint),
-                default=argparse.SUPPRESS,
-                **extra,
-                metavar=_describe(hint).split(" ")[0].upper(),
-                help=(KEY_HELP.get(key, "").replace("{", "{{").replace("}", "}}") + " " + _FLAG_HELP).strip()
-                .format(key=key, type=_describe(hint), default=default).replace("%", "%%"),
-            )
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Load `args.config` and apply every config flag the user gave."""
-    index = _key_index()
-    overrides = {k: v for k, v in vars(args).items() if k in index}
-    return load_config(getattr(args, "config", None), overrides)

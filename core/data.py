@@ -12,7 +12,7 @@ import logging
 import re
 from pathlib import Path
 
-from core.errors import UserError, first_line
+from core.errors import ConfigError, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,10 @@ def _common_columns(tables: list) -> list:
 _SLICE = re.compile(r"^\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\]$")
 
 
-def _apply_slice(rows, text: str | None):
-    """rows[start:stop] for a split slice like `[:1000]`, `[1000:]`, `[10%:20%]`."""
+def _slice_range(text: str | None, n: int) -> range:
+    """The row indices of a split slice like `[:1000]`, `[1000:]`, `[10%:20%]` in a table of n rows."""
     if not text:
-        return rows
+        return range(n)
     match = _SLICE.match(text)
     if not match:
         raise DataError(f"cannot parse split slice {text!r} (expected e.g. [:1000], [1000:] or [:10%])")
@@ -86,13 +86,79 @@ def _apply_slice(rows, text: str | None):
     def bound(value):
         if value is None:
             return None
-        return int(len(rows) * int(value[:-1]) / 100) if value.endswith("%") else int(value)
+        return int(n * int(value[:-1]) / 100) if value.endswith("%") else int(value)
 
-    return rows.select(range(len(rows))[bound(match["start"]) : bound(match["stop"])])
+    return range(n)[bound(match["start"]) : bound(match["stop"])]
+
+
+def _parse_split(split: str) -> re.Match:
+    match = _SPLIT_SLICE.match(split.replace(" ", ""))
+    if not match:
+        raise DataError(f"cannot parse split {split!r} (expected e.g. 'train' or 'train[:1000]')")
+    return match
 
 
 def looks_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.endswith(_LOCAL_SUFFIXES) or Path(source).exists()
+
+
+def _is_local(source: str | list[str]) -> bool:
+    sources = [source] if isinstance(source, str) else list(source)
+    return len(sources) > 1 or (bool(sources) and looks_local(sources[0]))
+
+
+# role -> (its split key, the key naming its own source)
+_ROLES = {"train": ("train_split", None), "eval": ("eval_split", "eval_dataset"),
+          "test": ("test_split", "test_dataset")}
+
+
+def _own_source(d, role: str) -> str | None:
+    """eval_dataset / test_dataset when it names another source than `dataset`."""
+    key = _ROLES[role][1]
+    own = getattr(d, key) if key else None
+    return own if own and [own] != list(d.dataset) else None
+
+
+def split_source(d, role: str) -> tuple[str | list[str], str]:
+    """(source, split) of a data config's train, eval or test rows.
+
+    A local table has one split, `train`: `validation[:1000]` of it would be its first 1,000
+    rows, training rows. So a local `dataset` takes only `train` or `train[a:b]`, and other
+    rows come from eval_dataset / test_dataset (whose split name is not read, only its slice).
+    """
+    split_key, own_key = _ROLES[role]
+    split = getattr(d, split_key)
+    own = _own_source(d, role)
+    if own:
+        return own, split
+    name = _parse_split(split)["name"]
+    if name != "train" and _is_local(d.dataset):
+        fix = f"give {own_key} (--{own_key.replace('_', '-')} FILE), or " if own_key else ""
+        raise ConfigError(
+            f"config key '{split_key}' is {split!r}, but the local dataset has no {name!r} split (its rows are "
+            f"one 'train' table): {fix}use a train[a:b] slice of it"
+        )
+    return d.dataset, split
+
+
+def check_training_splits(d) -> None:
+    """split_source for the train and eval rows, and no validation row of one local table in training."""
+    split_source(d, "train")
+    if not d.eval_split:
+        return
+    split_source(d, "eval")
+    if _own_source(d, "eval") or not _is_local(d.dataset):
+        return
+    n = len(load_rows(d.dataset, "train"))
+    train = _slice_range(_parse_split(d.train_split)["slice"], n)
+    held = _slice_range(_parse_split(d.eval_split)["slice"], n)
+    lo, hi = max(train.start, held.start), min(train.stop, held.stop)
+    if lo < hi:
+        raise ConfigError(
+            f"config keys 'train_split' ({d.train_split}) and 'eval_split' ({d.eval_split}) share rows {lo}..{hi - 1} "
+            "of the one local table: validation would score training rows; use disjoint train[a:b] slices or "
+            "give eval_dataset"
+        )
 
 
 def load_rows(source: str | list[str], split: str, config_name: str | None = None):
@@ -100,18 +166,17 @@ def load_rows(source: str | list[str], split: str, config_name: str | None = Non
 
     Several local sources are read in the order given, as one table. For local files the
     split name is ignored but its slice is applied, so `train[:100]` of a local file means
-    its first 100 rows (of all the files together).
+    its first 100 rows (of all the files together); split_source refuses other names.
     """
     import datasets
 
     sources = [source] if isinstance(source, str) else list(source)
     if not sources:
         raise DataError("no dataset given")
-    match = _SPLIT_SLICE.match(split.replace(" ", ""))
-    if not match:
-        raise DataError(f"cannot parse split {split!r} (expected e.g. 'train' or 'train[:1000]')")
-    if len(sources) > 1 or looks_local(sources[0]):
-        return _apply_slice(datasets.concatenate_datasets(_common_columns([_load_local(s) for s in sources])), match["slice"])
+    match = _parse_split(split)
+    if _is_local(sources):
+        rows = datasets.concatenate_datasets(_common_columns([_load_local(s) for s in sources]))
+        return rows.select(_slice_range(match["slice"], len(rows))) if match["slice"] else rows
     source = sources[0]
     try:
         return datasets.load_dataset(source, config_name, split=split)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.config import Config, ConfigError
-from core.data import DataError, load_rows
+from core.config import Config
+from core.data import DataError, load_rows, split_source
 
 
 @dataclass
@@ -18,15 +18,13 @@ class Example:
 def load_examples(cfg: Config) -> list[Example]:
     """Test rows as Examples, first `num_examples` of them; empty ones are kept (and fail later)."""
     d = cfg.data
-    source = d.test_dataset or d.dataset
-    rows = load_rows(source, d.test_split, d.dataset_config)
+    source, split = split_source(d, "test")  # a local `dataset` is training rows: no 'test' split
+    rows = load_rows(source, split, d.dataset_config)
     for name in (d.article_field, d.summary_field):
         if name not in rows.column_names:
             raise DataError(f"field '{name}' not in {source} (columns: {', '.join(rows.column_names)})")
     n = cfg.evaluation.num_examples
-    if n is not None:
-        if n <= 0:
-            raise ConfigError(f"config key 'num_examples' must be positive, got {n}")
+    if n is not None:  # positive: core.config checks it
         rows = rows.select(range(min(n, len(rows))))
     has_ids = d.id_field in rows.column_names
     examples = []

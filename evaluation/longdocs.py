@@ -65,7 +65,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from core.config import Config, ConfigError, add_config_flags, config_from_args
+from core.config import Config, ConfigError
+from core.flags import add_config_flags, config_from_args
 from core.errors import UserError, typed_line
 from core.rouge import sentence_splitter_name
 from evaluation.coverage import lead_k, leadk_budget

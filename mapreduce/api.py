@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Union
 
-from core.config import Config, load_config
+from core.config import Config, load_config, replace_config
 
 ConfigLike = Union[Config, str, Path, None]
 
@@ -28,12 +28,10 @@ ConfigLike = Union[Config, str, Path, None]
 def resolve_config(config: ConfigLike = None, **overrides) -> Config:
     """A Config from a Config, a YAML path or None (defaults), with flat key overrides."""
     if isinstance(config, Config):
-        return load_config(None, {**_flat(config), **overrides}) if overrides else config
+        return replace_config(config, overrides) if overrides else config
     return load_config(config, overrides)
 
 
-def _flat(cfg: Config) -> dict:
-    return {k: v for section in cfg.to_dict().values() for k, v in section.items()}
 
 
 class Summarizer:

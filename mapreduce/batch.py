@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-from core.config import Config, add_config_flags, config_from_args
+from core.config import Config
+from core.flags import add_config_flags, config_from_args
 from core.errors import UserError
 from mapreduce.corpus import (
     BadRow,
@@ -103,7 +104,7 @@ def setup_fingerprint(cfg: Config) -> str:
         "max_reduce_depth": cfg.mapreduce.max_reduce_depth,
         "summary_words": cfg.mapreduce.summary_words,
         "min_support": cfg.mapreduce.min_support,
-        "map_max_new_tokens": cfg.mapreduce.map_max_new_tokens,
+        "map_max_new_tokens": cfg.map_token_cap,
     }
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:12]

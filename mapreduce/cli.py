@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.config import add_config_flags, config_from_args
+from core.flags import add_config_flags, config_from_args
 from core.errors import UserError
 
 CONFIG_SECTIONS = ("model", "data", "generation", "mapreduce", "batch")

@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 
 
 def level_max_new_tokens(cfg: Config, level_name: str) -> Optional[int]:
-    """The cap for a level's generations: `map_max_new_tokens` for map calls, else None (the config's)."""
-    return cfg.mapreduce.map_max_new_tokens if level_name == "map" else None
+    """The cap for a level's generations: map_max_new_tokens (at most max_new_tokens) for map calls, else None."""
+    return cfg.map_token_cap if level_name == "map" else None
 
 
 @dataclass

@@ -93,3 +93,10 @@ def test_an_empty_or_emoji_only_document_is_an_error_result(summarizer):
     assert summarizer.summarize("  ").error == "document is empty"
     assert "no words to summarize" in summarizer.summarize("\U0001F600" * 400).error
     assert summarizer.summarize("The council approved the budget.".encode()).ok
+
+
+def test_a_config_object_keeps_its_file_values_unforced():
+    from pathlib import Path
+
+    cpu = resolve_config(Path(__file__).resolve().parents[1] / "configs" / "smollm2_cpu.yaml")  # map 40
+    assert resolve_config(cpu, max_new_tokens=24).map_token_cap == 24  # only max_new_tokens was asked for

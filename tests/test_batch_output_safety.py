@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import mapreduce.engine as engine_module
-from core.config import Config, config_from_args
+from core.config import Config
+from core.flags import config_from_args
 from mapreduce.batch import build_parser, main as batch_main, setup_fingerprint
 from mapreduce.corpus import CorpusError, Document, iter_rows, output_lock
 from mapreduce.engine import DocumentResult

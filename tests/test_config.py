@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.config import Config, ConfigError, add_config_flags, config_from_args, load_config, save_config
+from core.config import Config, ConfigError, load_config, save_config
+from core.flags import add_config_flags, config_from_args
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -110,3 +111,68 @@ def test_param_yaml_is_the_reference_recipe():
     assert (t.eval_steps, t.save_steps, t.optim, t.max_grad_norm) == (1000, 1000, "paged_adamw_8bit", 1.0)
     assert (cfg.data.max_length, cfg.data.train_split, cfg.data.eval_split) == (2048, "train[:260000]", "validation[:1000]")
     assert (cfg.data.dataset, cfg.data.dataset_config, cfg.model.dtype) == (["cnn_dailymail"], "3.0.0", "auto")
+
+
+def test_every_knob_has_one_help_text_and_its_flag_shows_it(capsys):
+    import dataclasses
+
+    from core.config import section_classes
+
+    for cls in section_classes().values():
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"config key '{f.name}' has no help"
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, sections=("mapreduce",))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "leave out a chunk summary's sentence" in out and "config key 'min_support'" in out
+
+
+@pytest.mark.parametrize("key, value", [("dtype", "fp8"), ("quantization", "2bit")])
+def test_enum_keys_take_only_their_values(key, value):
+    message = one_line_error(None, **{key: value})
+    assert f"config key '{key}' must be one of" in message and repr(value) in message
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, sections=("model",))
+    with pytest.raises(SystemExit):
+        parser.parse_args([f"--{key}", value])
+    assert load_config(None, {key: "none" if key == "quantization" else "bfloat16"})
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"systems": []}, "'systems' is empty"),
+        ({"bootstrap_samples": 0}, "'bootstrap_samples' must be positive"),
+        ({"num_examples": 0}, "'num_examples' must be positive"),
+        ({"rouge_eval_examples": -1}, "'rouge_eval_examples' must be >= 0"),
+        ({"eval_split": None, "rouge_eval_examples": 2}, "needs an eval_split"),
+        ({"early_stopping_patience": 2, "eval_steps": 3, "save_steps": 4}, "multiple of eval_steps"),
+    ],
+)
+def test_command_checks_live_in_the_config(overrides, words):
+    assert words in one_line_error(None, **overrides)
+
+
+CPU_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smollm2_cpu.yaml"  # map_max_new_tokens: 40
+
+
+def test_a_lower_max_new_tokens_caps_the_map_calls():
+    cfg = load_config(CPU_CONFIG, {"max_new_tokens": 24})
+    assert (cfg.mapreduce.map_max_new_tokens, cfg.map_token_cap) == (40, 24)
+    assert load_config(CPU_CONFIG).map_token_cap == 40
+    assert load_config(None).map_token_cap is None  # unset: the map calls use max_new_tokens
+
+
+def test_evaluate_takes_a_lower_max_new_tokens():
+    from evaluation.evaluate import build_parser
+
+    args = build_parser().parse_args(["--config", str(CPU_CONFIG), "--max-new-tokens", "32"])
+    assert config_from_args(args).generation.max_new_tokens == 32
+
+
+def test_only_two_explicit_flags_can_contradict():
+    message = one_line_error(CPU_CONFIG, max_new_tokens=24, map_max_new_tokens=40)
+    assert "--map-max-new-tokens 40" in message and "--max-new-tokens 24" in message
+    assert "map_max_new_tokens' must be positive" in one_line_error(CPU_CONFIG, map_max_new_tokens=0)

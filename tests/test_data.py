@@ -8,7 +8,8 @@ import logging
 
 import pytest
 
-from core.data import DataError, drop_empty, load_rows
+from core.config import ConfigError, load_config
+from core.data import DataError, check_training_splits, drop_empty, load_rows, split_source
 from conftest import CNNDM_TRAIN, REPO
 
 
@@ -30,7 +31,7 @@ def test_local_jsonl_with_slices(tmp_path):
     assert load_rows(str(path), "train")["id"] == [r["id"] for r in ROWS]
     assert load_rows(str(path), "train[:3]")["id"] == ["0", "1", "2"]
     assert load_rows(str(path), "train[7:]")["id"] == ["7", "8", "9"]
-    # the split name is ignored for a local file, the slice is not
+    # load_rows ignores the split name of a local file, not its slice (split_source refuses the name)
     assert load_rows(str(path), "validation[2:4]")["id"] == ["2", "3"]
 
 
@@ -103,3 +104,49 @@ def test_shipped_cpu_config_validates_on_matched_held_out_rows():
     assert not set(train["id"]) & set(held_out["id"])
     assert len(held_out) >= cfg.training.rouge_eval_examples
     assert all(i.startswith("gh-") for i in held_out["id"])  # from train_extra.jsonl (mostly DailyMail)
+
+
+def local_data(tmp_path, **keys):
+    """The GPU recipe's data section (hub split names) pointed at a local file, as with `--dataset train.jsonl`."""
+    path = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    return load_config(REPO / "configs" / "param.yaml", {"dataset": str(path), **keys}).data
+
+
+def test_a_local_table_has_no_validation_or_test_split(tmp_path):
+    d = local_data(tmp_path)  # eval_split validation[:1000], test_split test
+    with pytest.raises(ConfigError, match=r"'eval_split' is 'validation\[:1000\]'.*give eval_dataset .*train\[a:b\]"):
+        check_training_splits(d)
+    with pytest.raises(ConfigError, match="'test_split' is 'test'.*--test-dataset FILE"):
+        split_source(d, "test")
+    with pytest.raises(ConfigError, match="'train_split'"):
+        split_source(local_data(tmp_path, train_split="validation"), "train")
+    same = local_data(tmp_path, test_dataset=str(tmp_path / "train.jsonl"))  # the same table is no other source
+    with pytest.raises(ConfigError, match="'test_split'"):
+        split_source(same, "test")
+
+
+def test_another_source_or_train_slices_are_fine(tmp_path):
+    other = write_jsonl(tmp_path / "test.jsonl", ROWS[:2])
+    assert split_source(local_data(tmp_path, test_dataset=str(other)), "test") == (str(other), "test")
+    d = local_data(tmp_path, eval_dataset=str(other))
+    check_training_splits(d)
+    assert split_source(d, "eval") == (str(other), "validation[:1000]")
+    check_training_splits(local_data(tmp_path, train_split="train[:8]", eval_split="train[8:]"))
+    check_training_splits(local_data(tmp_path, train_split="train[:50%]", eval_split="train[-5:]"))
+    check_training_splits(local_data(tmp_path, eval_split=None, rouge_eval_examples=0))
+    hub = load_config(REPO / "configs" / "param.yaml").data  # a hub dataset keeps its named splits
+    assert split_source(hub, "eval") == (["cnn_dailymail"], "validation[:1000]")
+
+
+@pytest.mark.parametrize("train, held, shared", [("train[:8]", "train[5:]", "5..7"), ("train", "train[-2:]", "8..9"),
+                                                 ("train[:60%]", "train[50%:]", "5..5")])
+def test_overlapping_train_and_eval_slices_of_one_table_are_refused(tmp_path, train, held, shared):
+    with pytest.raises(ConfigError, match=f"share rows {shared} of the one local table"):
+        check_training_splits(local_data(tmp_path, train_split=train, eval_split=held))
+
+
+@pytest.mark.parametrize("name", ["smollm2_cpu.yaml", "qwen25_cpu.yaml"])
+def test_shipped_cpu_configs_pass_the_split_checks(name):
+    d = load_config(REPO / "configs" / name).data
+    check_training_splits(d)
+    assert split_source(d, "test")[0] == d.test_dataset

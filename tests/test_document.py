@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.config import load_config
+
 from fakes import DOC_TEMPLATE, MARKER, REDUCE_TEMPLATE, Recorder, document, keep_markers, steps
 from mapreduce.reduce import JOINER
 
@@ -122,3 +124,11 @@ def test_inputs_of_an_earlier_level_are_no_longer_live():
 def test_utf8_bytes_are_read_as_text():
     text = document(3)
     assert steps().run("b", text.encode(), Recorder()).summary == steps().run("s", text, Recorder()).summary
+
+
+def test_map_calls_are_capped_at_max_new_tokens(tmp_path):
+    from mapreduce.document import level_max_new_tokens
+
+    (tmp_path / "cfg.yaml").write_text("mapreduce:\n  map_max_new_tokens: 40\n")
+    cfg = load_config(tmp_path / "cfg.yaml", {"max_new_tokens": 24})
+    assert (level_max_new_tokens(cfg, "map"), level_max_new_tokens(cfg, "final")) == (24, None)

@@ -40,7 +40,7 @@ def adapter_dir(lively_model_dir, tmp_path_factory) -> Path:
 
 def _argv(model_dir, data, out, *extra) -> list[str]:
     return [
-        "--base-model", str(model_dir), "--dataset", str(data), "--eval-output-dir", str(out),
+        "--base-model", str(model_dir), "--test-dataset", str(data), "--eval-output-dir", str(out),
         "--device", "cpu", "--dtype", "float32", "--max-length", "160", "--max-new-tokens", "8",
         "--generation-batch-size", "2", "--bertscore-model", "embedded:minilm", "--bertscore-num-layers", "6",
         "--bootstrap-samples", "200", *extra,
@@ -176,6 +176,15 @@ def test_bad_input_is_one_line_error(lively_model_dir, test_file, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1]
     assert not any("Traceback" in line for line in err)
+
+
+def test_a_local_dataset_without_test_dataset_is_not_read_as_a_test_split(test_file, tmp_path, capsys):
+    """`--dataset` is the training table: its 'test' split would be its training rows (D-1)."""
+    argv = _argv("unused", test_file, tmp_path / "eval", "--systems", "lead3", "--test-dataset", "null")
+    assert main([*argv, "--dataset", str(test_file)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "config key 'test_split' is 'test'" in err[-1] and "--test-dataset FILE" in err[-1]
+    assert main([*argv, "--dataset", str(test_file), "--test-split", "train[:2]"]) == 0  # a slice of it, asked for
 
 
 def test_nothing_scorable_still_reports(tmp_path, capsys):

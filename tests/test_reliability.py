@@ -287,7 +287,7 @@ def test_resume_with_another_plan_is_refused_for_a_decaying_schedule(tiny_model_
 
 
 def test_resume_plan_rules(tmp_path):
-    from training.train import RunFinished, TrainError, check_resume_plan
+    from training.resume import RunFinished, TrainError, check_resume_plan
 
     ckpt = fake_checkpoint(tmp_path / "run", 4, 8)
     cosine, constant = training_config(lr_scheduler_type="cosine"), training_config(lr_scheduler_type="constant")
@@ -304,7 +304,7 @@ def test_resume_plan_rules(tmp_path):
 
 
 def test_resume_plan_of_an_epoch_run_is_checked_when_the_trainer_knows_it(tmp_path):
-    from training.train import TrainError, _resume_plan_callback
+    from training.resume import TrainError, _resume_plan_callback
 
     ckpt = fake_checkpoint(tmp_path / "run", 4, 8)
     callback = _resume_plan_callback(ckpt, training_config(max_steps=-1, lr_scheduler_type="linear"))

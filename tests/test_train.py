@@ -122,6 +122,36 @@ def test_summary_only_loss_equals_the_full_logits_loss(tiny_model_dir, qwen_toke
     ours.backward()  # and gradients flow through the sliced head
 
 
+def test_gradient_accumulation_2_matches_one_batch_of_twice_the_rows(tiny_model_dir, tmp_path):
+    """2 micro-batches of 2 rows = 1 batch of 4: the same losses (normalised over all summary tokens) and steps."""
+    def losses(out, batch, accumulation):
+        argv = run_args(tiny_model_dir, out, max_steps=2, eval_split="null", rouge_eval_examples=0, save_steps=10,
+                        per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
+        assert main(argv) == 0
+        log = read_log(out)
+        assert log[-1]["finished"] and log[-1]["step"] == 2  # optimizer steps, not micro-batches
+        return [e["loss"] for e in log if "loss" in e]
+
+    one, accumulated = losses(tmp_path / "ga1", 4, 1), losses(tmp_path / "ga2", 2, 2)
+    assert len(one) == len(accumulated) == 2
+    assert one == pytest.approx(accumulated, rel=1e-4)
+    assert accumulated[1] < accumulated[0]  # the second step saw the first one's update
+
+
+def test_tokenized_rows_carry_their_length_for_the_sampler(qwen_tokenizer):
+    import datasets
+
+    from training.train import tokenize_rows, training_arguments
+
+    cfg = load_config(None, {"max_length": 64, "max_new_tokens": 16, "dataset": "x.jsonl"})
+    rows = datasets.Dataset.from_list([{"article": "The council met on Monday. " * k, "highlights": "It met ."}
+                                       for k in (1, 4, 30)])
+    encoded = tokenize_rows(rows, qwen_tokenizer, cfg, "train")
+    assert encoded["length"] == [len(ids) for ids in encoded["input_ids"]] and max(encoded["length"]) == 64
+    args = training_arguments(cfg, on_cuda=False, dtype=torch.float32, has_eval=False)
+    assert args.length_column_name == "length" and args.train_sampling_strategy == "group_by_length"
+
+
 def test_adapter_config_names_the_hub_base(tmp_path):
     from core.models import name_adapter_base
 
@@ -257,6 +287,12 @@ def test_one_line_errors(tiny_model_dir, tmp_path, capsys):
 
     assert main(run_args(tiny_model_dir, tmp_path / "f", lora_target_modules="no_such_proj")) == 1
     assert "lora_target_modules" in _error_line(capsys)
+
+    # a local table has no validation split: its first rows would be training rows (D-1)
+    assert main(run_args(tiny_model_dir, tmp_path / "g", eval_split="validation[:2]")) == 1
+    assert "'eval_split' is 'validation[:2]'" in _error_line(capsys) and not (tmp_path / "g").exists()
+    assert main(run_args(tiny_model_dir, tmp_path / "h", eval_split="train[3:5]")) == 1
+    assert "share rows 3..3" in _error_line(capsys)
 
 
 def test_cli_error_is_one_line_without_traceback(tmp_path):

@@ -7,12 +7,12 @@
 
 What it does, in order:
   1. checks the output dir is writable (before any slow work) and not silently reused, and
-     that a --resume keeps the run's plan (a finished run says so and exits 0);
+     that a --resume keeps the run's plan (a finished run says so and exits 0; training.resume);
   2. loads rows (hub or local JSONL), drops empty ones, tokenizes them with
      core.prompt.build_training_example (the same truncation the inference code uses);
   3. wraps the base model in a peft LoRA (only the adapter trains);
   4. trains with validation loss every eval_steps, checkpoints every save_steps, and keeps
-     train_log.json + loss.png in output_dir up to date at every save and eval;
+     train_log.json + loss.png in output_dir up to date at every save and eval (training.logs);
   5. saves the adapter (safetensors), the tokenizer and the resolved config.yaml.
 
 Device: CUDA -> bf16 mixed precision (dtype auto; fp16 on GPUs without bf16); CPU -> fp32.
@@ -26,125 +26,28 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from core.config import Config, ConfigError, TrainingConfig, add_config_flags, config_from_args, save_config
-from core.data import DataError, drop_empty, load_rows
+from core.config import Config, ConfigError, save_config
+from core.data import DataError, check_training_splits, drop_empty, load_rows, split_source
 from core.errors import UserError, first_line
+from core.flags import add_config_flags, config_from_args
 from core.models import load_base_model, load_tokenizer, name_adapter_base, resolve_device
 from core.prompt import build_training_example, check_template_fits
 from core.signals import sigterm_as_interrupt
+from training.logs import LOSS_PLOT, TRAIN_LOG, _log_files_callback, write_log_files
+from training.resume import RunFinished, TrainError, _resume_plan_callback, check_output_dir
 
 log = logging.getLogger("training.train")
 
-TRAIN_LOG = "train_log.json"
-LOSS_PLOT = "loss.png"
 CONFIG_FILE = "config.yaml"
 _CPU_FALLBACK_OPTIM = "adamw_torch"
-# schedules whose learning rate does not depend on the planned total: a resume may change it
-_LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup", "reduce_lr_on_plateau")
-
-
-class TrainError(UserError, RuntimeError):
-    """A problem with the run itself (output dir, resume); one line for the user."""
-
-
-class RunFinished(Exception):
-    """--resume of a run that already reached its end: nothing to train (exit 0, one line)."""
 
 
 # --- setup checks ----------------------------------------------------------------------
-
-
-def check_output_dir(output_dir: Path, t: TrainingConfig) -> str | None:
-    """Fail now, not after hours, if output_dir is unusable; return the checkpoint to resume.
-
-    A dir that already holds checkpoints is only reused with --resume: starting afresh
-    there would mix two runs and let checkpoint rotation delete the old run's files.
-    A resume must also keep the run's plan (check_resume_plan).
-    """
-    from transformers.trainer_utils import get_last_checkpoint
-
-    resume = t.resume
-
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write_test"):
-            pass
-    except OSError as exc:
-        raise TrainError(f"output dir not writable: {output_dir} ({exc.strerror or exc})") from None
-    last = get_last_checkpoint(str(output_dir))
-    if resume and last is None:
-        log.warning("--resume: no checkpoint-* dir in %s yet, starting from scratch", output_dir)
-    if not resume and last is not None:
-        raise TrainError(
-            f"output dir {output_dir} already holds checkpoints of an earlier run "
-            f"(latest {Path(last).name}): pass --resume to continue it, or choose another --output-dir"
-        )
-    if resume and last is not None and t.max_steps > 0:  # an epoch plan is known only with the data
-        check_resume_plan(Path(last), t, t.max_steps)
-    return last if resume else None
-
-
-def read_trainer_state(checkpoint: Path) -> tuple[int, int]:
-    """(global_step, max_steps) of a checkpoint."""
-    try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        return int(state["global_step"]), int(state["max_steps"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TrainError(
-            f"cannot resume from {checkpoint}: bad trainer_state.json ({first_line(exc)}); "
-            "a save cut short? delete that checkpoint to resume from the one before"
-        ) from None
-
-
-def finished_step(output_dir: Path) -> int | None:
-    """The step at which a run in output_dir ended and saved its final adapter (None: none did)."""
-    try:
-        history = json.loads((output_dir / TRAIN_LOG).read_text())
-        return max((int(e["step"]) for e in history if e.get("finished")), default=None)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
-def check_resume_plan(checkpoint: Path, t: TrainingConfig, planned_now: int) -> None:
-    """Refuse a resume whose plan (total steps) differs; RunFinished if there is nothing left.
-
-    The scheduler is rebuilt for the new total at the old step, so a cosine or linear
-    schedule would jump from the old plan's decayed rate to the new plan's; and resuming a
-    finished run trains a step past its end and overwrites the final adapter.
-    """
-    step, planned = read_trainer_state(checkpoint)
-    length_free = t.lr_scheduler_type in _LENGTH_FREE_SCHEDULES
-    if planned_now != planned:
-        if not length_free:
-            raise TrainError(
-                f"--resume: {checkpoint.name} is from a run planned for {planned} steps, this one would run "
-                f"{planned_now}: the {t.lr_scheduler_type} learning-rate schedule would switch plans mid-run; "
-                f"keep --max-steps {planned}, or start a new --output-dir"
-            )
-        if step < planned_now:
-            return
-    ended = finished_step(checkpoint.parent)
-    if step >= planned_now or (ended is not None and ended >= step):
-        more = "raise --max-steps to train more" if length_free else f"a {t.lr_scheduler_type} schedule cannot be extended"
-        raise RunFinished(f"already finished at step {max(step, ended or 0)}: {more}, or use another --output-dir")
-
-
-def _resume_plan_callback(checkpoint: Path, t: TrainingConfig):
-    """check_resume_plan once the Trainer knows the new total (an epoch plan depends on the data)."""
-    from transformers import TrainerCallback
-
-    class ResumePlanCallback(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            check_resume_plan(checkpoint, t, state.max_steps)
-
-    return ResumePlanCallback()
 
 
 def check_single_process_gpus() -> None:
@@ -175,23 +78,28 @@ def pick_optimizer(optim: str, on_cuda: bool) -> str:
 
 
 def tokenize_rows(rows, tokenizer, cfg: Config, what: str):
-    """rows -> a Dataset of input_ids/labels via build_training_example; logs truncation."""
+    """rows -> a Dataset of input_ids/labels/length via build_training_example; logs truncation.
+
+    `length` is what the length-grouped sampler reads; without it the Trainer makes a Python
+    pass over every tokenized row at start-up (on every rank).
+    """
     d = cfg.data
 
     def encode(batch):
-        out = {"input_ids": [], "labels": [], "article_dropped": [], "summary_dropped": []}
+        out = {"input_ids": [], "labels": [], "length": [], "article_dropped": [], "summary_dropped": []}
         articles = batch[d.article_field]
         templates = batch.get("prompt_template") or [d.prompt_template] * len(articles)  # merge rows carry their own
         for article, summary, template in zip(articles, batch[d.summary_field], templates):
             ex = build_training_example(tokenizer, article, summary, d.max_length, template)
             out["input_ids"].append(ex.input_ids)
             out["labels"].append(ex.labels)
+            out["length"].append(len(ex.input_ids))
             out["article_dropped"].append(ex.article_tokens_dropped)
             out["summary_dropped"].append(ex.summary_tokens_dropped)
         return out
 
     # A fingerprint from what determines the result, so every DDP rank finds rank 0's cache.
-    key = f"{rows._fingerprint}|{tokenizer.name_or_path}|{len(tokenizer)}|{d.max_length}|{d.prompt_template}"
+    key = f"{rows._fingerprint}|{tokenizer.name_or_path}|{len(tokenizer)}|{d.max_length}|{d.prompt_template}|length"
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     encoded = rows.map(
         encode, batched=True, remove_columns=rows.column_names,
@@ -206,8 +114,10 @@ def tokenize_rows(rows, tokenizer, cfg: Config, what: str):
     return encoded.remove_columns(["article_dropped", "summary_dropped"])
 
 
-def load_split(cfg: Config, source: str, split: str, tokenizer, what: str, merges: int = 0):
+def load_split(cfg: Config, what: str, tokenizer, merges: int = 0):
+    """The tokenized train or eval rows (`what`), from the source core.data.split_source picks."""
     d = cfg.data
+    source, split = split_source(d, what)
     rows = load_rows(source, split, d.dataset_config)
     rows = drop_empty(rows, d.article_field, d.summary_field)
     if len(rows) == 0:
@@ -255,78 +165,6 @@ def build_lora_model(model, cfg: Config):
         raise ConfigError(f"config key 'lora_target_modules': {first_line(exc)}") from None
 
 
-# --- logs and plot ---------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def write_log_files(log_history: list[dict], output_dir: Path, title: str) -> None:
-    """train_log.json (every Trainer log entry) and loss.png (train + validation loss)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    _write_atomic(output_dir / TRAIN_LOG, json.dumps(log_history, indent=1).encode())
-
-    def series(key):
-        return [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
-
-    train, evals, rouge = series("loss"), series("eval_loss"), series("eval_rougeL")
-    fig, axes = plt.subplots(1, 2 if rouge else 1, figsize=(12 if rouge else 7, 4.5), squeeze=False)
-    ax = axes[0][0]
-    if train:
-        ax.plot(*zip(*train), label="training loss", color="tab:blue")
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="validation loss", color="tab:orange")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (cross-entropy per summary token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if train or evals:
-        ax.legend()
-    if rouge:
-        ax = axes[0][1]
-        ax.plot(*zip(*rouge), "o-", color="tab:green", label="validation ROUGE-L (greedy summaries)")
-        best = max(rouge, key=lambda p: p[1])
-        ax.plot(*best, "*", color="tab:red", markersize=14, label=f"best: step {best[0]}, {best[1]:.4f}")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("ROUGE-L F1")
-        ax.set_title("validation ROUGE-L (the checkpoint kept is the best)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    _write_atomic(output_dir / LOSS_PLOT, buf.getvalue())
-
-
-def _log_files_callback(output_dir: Path, title: str):
-    from transformers import TrainerCallback
-
-    class LogFilesCallback(TrainerCallback):
-        """Rewrite train_log.json and loss.png at each save and eval (rank 0 only)."""
-
-        def _write(self, state):
-            if state.is_world_process_zero:
-                write_log_files(state.log_history, output_dir, title)
-
-        def on_save(self, args, state, control, **kwargs):
-            self._write(state)
-
-        def on_evaluate(self, args, state, control, **kwargs):
-            self._write(state)
-
-    return LogFilesCallback()
-
-
 # --- the run ---------------------------------------------------------------------------
 
 
@@ -368,31 +206,15 @@ def training_arguments(cfg: Config, on_cuda: bool, dtype, has_eval: bool):
             metric_for_best_model="eval_rougeL" if by_rouge else "eval_loss" if early else None,
             greater_is_better=True if by_rouge else False if early else None,
             train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+            length_column_name="length",  # tokenize_rows stores it: no pass over the rows to measure them
             seed=t.seed,
             report_to=[],
-            remove_unused_columns=False,  # the dataset holds exactly input_ids and labels
+            remove_unused_columns=False,  # input_ids, labels and length; the collator takes the first two
             label_names=["labels"],
             ddp_find_unused_parameters=False,  # every LoRA weight is used in each step
         )
     except ValueError as exc:  # bad optim / scheduler name, inconsistent steps
         raise ConfigError(f"invalid training settings: {first_line(exc)}") from None
-
-
-def _check_settings(cfg: Config, has_eval: bool) -> None:
-    t = cfg.training
-    if t.rouge_eval_examples < 0:
-        raise ConfigError(f"config key 'rouge_eval_examples' must be >= 0, got {t.rouge_eval_examples}")
-    selecting = {"early_stopping_patience": t.early_stopping_patience is not None, "rouge_eval_examples": t.rouge_eval_examples > 0}
-    for key, on in selecting.items():
-        if not on:
-            continue
-        if not has_eval:
-            raise ConfigError(f"config key '{key}' needs an eval_split (validation rows)")
-        if t.save_steps % t.eval_steps:
-            raise ConfigError(
-                f"config key '{key}' needs save_steps ({t.save_steps}) "
-                f"to be a multiple of eval_steps ({t.eval_steps}): the best checkpoint must be saved"
-            )
 
 
 def build_rouge_probe(cfg: Config, tokenizer):
@@ -403,7 +225,7 @@ def build_rouge_probe(cfg: Config, tokenizer):
     d, n = cfg.data, cfg.training.rouge_eval_examples
     if n <= 0 or not d.eval_split:
         return None
-    rows = drop_empty(load_rows(d.eval_dataset or d.dataset, d.eval_split, d.dataset_config), d.article_field, d.summary_field)
+    rows = drop_empty(load_rows(*split_source(d, "eval"), d.dataset_config), d.article_field, d.summary_field)
     rows = rows.select(range(min(n, len(rows))))
     prompts = [build_prompt_ids(tokenizer, a, cfg.prompt_budget, d.prompt_template) for a in rows[d.article_field]]
     return RougeProbe(prompts, list(rows[d.summary_field]), tokenizer, cfg.generation)
@@ -415,10 +237,10 @@ def prepare_data(cfg: Config, args, tokenizer):
     check_template_fits(tokenizer, d.prompt_template, d.max_length, "config key 'max_length': a summary token and EOS",
                         room=2, budget_name="max_length")
     with args.main_process_first(desc="load and tokenize data"):
-        train_data = load_split(cfg, d.dataset, d.train_split, tokenizer, "train", merges=d.merge_examples)
+        train_data = load_split(cfg, "train", tokenizer, merges=d.merge_examples)
         if not d.eval_split:
             return train_data, None, None
-        eval_data = load_split(cfg, d.eval_dataset or d.dataset, d.eval_split, tokenizer, "eval")
+        eval_data = load_split(cfg, "eval", tokenizer)
         return train_data, eval_data, build_rouge_probe(cfg, tokenizer)
 
 
@@ -491,8 +313,8 @@ def train(cfg: Config) -> int:
 
     t = cfg.training
     output_dir = Path(t.output_dir)
-    has_eval = bool(cfg.data.eval_split)
-    _check_settings(cfg, has_eval)
+    has_eval = bool(cfg.data.eval_split)  # core.config checked what needs validation rows
+    check_training_splits(cfg.data)  # of one local table: train[a:b] slices, validation apart from training
     resume_from = check_output_dir(output_dir, t)
 
     device = resolve_device(cfg.model.device)
