@@ -3,7 +3,7 @@
 Prompts are sorted by length so each batch holds prompts of similar length (little
 padding), left-padded so generation continues right after each prompt, and outputs are put
 back in the caller's order. Only generated tokens are decoded: no splitting text on the
-template.
+template, and a character the token limit cut in half is dropped (core.decoding).
 
 Repetition control looks at the generated tokens only. transformers' own
 `repetition_penalty` and `no_repeat_ngram_size` scan the whole `input_ids` of a decoder-only
@@ -24,6 +24,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from core.config import GenerationConfig
+from core.decoding import decode_generated
 from core.errors import typed_line
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 @torch.inference_mode()
 def generate_batch(model, tokenizer, prompts: Sequence[Sequence[int]], gen: GenerationConfig) -> list[str]:
-    """One left-padded batch; returns the decoded continuations (special tokens dropped)."""
+    """One left-padded batch; the decoded continuations (special tokens and a cut last character dropped)."""
     from transformers import LogitsProcessorList
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -126,7 +127,7 @@ def generate_batch(model, tokenizer, prompts: Sequence[Sequence[int]], gen: Gene
         **beams,
     )
     new_tokens = out[:, ids.shape[1] :]
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
+    return [decode_generated(tokenizer, row.tolist()) for row in new_tokens]
 
 
 def generate_summaries(

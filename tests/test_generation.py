@@ -212,3 +212,42 @@ def test_isolated_generation_retries_a_failed_batch_alone_and_keeps_going(monkey
                         ("s3", None), ("s4", None), ("s5", None)]
     assert [idx for idx, _ in done] == [[4, 3], [2, 1], [0]]  # longest first, every batch reported once
     assert calls[2:4] == [[[3, 3, 3]], [[6, 6]]]  # the failing batch, split: each prompt alone
+
+
+# --- a call cut at its token limit mid-character ------------------------------------------
+
+
+def test_a_character_cut_at_the_token_limit_is_dropped(qwen_tokenizer):
+    from core.decoding import decode_generated
+
+    tok = qwen_tokenizer
+    text = "Fireworks 🎆🎇 and a cat 🐈‍⬛"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    cuts = 0
+    for end in range(1, len(ids) + 1):
+        raw = tok.decode(ids[:end], skip_special_tokens=True)
+        got = decode_generated(tok, ids[:end])
+        assert not got.endswith("\ufffd"), (end, raw)
+        if raw.endswith("\ufffd"):
+            cuts += 1
+            assert got == raw[:-1].strip()
+        else:
+            assert got == raw.strip()
+    assert cuts >= 2  # the emojis really were cut mid-character
+    assert decode_generated(tok, ids + [tok.eos_token_id]) == text  # special tokens still dropped
+
+
+def test_a_genuine_replacement_character_is_kept(qwen_tokenizer):
+    from core.decoding import decode_generated
+
+    tok = qwen_tokenizer
+    for text in ("bad byte \ufffd", "\ufffd", "two \ufffd\ufffd", "ok 🎆 \ufffd"):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert decode_generated(tok, ids) == text
+    kept = tok("kept \ufffd", add_special_tokens=False)["input_ids"]
+    firework = tok.convert_tokens_to_ids(["ð", "Ł", "İ", "Ĩ"])  # 🎆 = F0 9F 8E 86, one byte-level token each
+    assert tok.decode(kept + firework) == "kept \ufffd🎆"
+    for end in (1, 2, 3):  # the genuine U+FFFD, then the first bytes of the emoji
+        assert tok.decode(kept + firework[:end]) == "kept \ufffd\ufffd"
+        assert decode_generated(tok, kept + firework[:end]) == "kept \ufffd"
+    assert decode_generated(tok, kept + firework[1:3]) == "kept \ufffd\ufffd\ufffd"  # stray bytes: no cut, kept
