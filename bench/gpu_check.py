@@ -4,7 +4,7 @@
     bash bench/gpu_check.sh --dry-run       # any machine, no GPU, no model: parse what would run
 
 Builds a 2-layer Qwen2 with the real Qwen 2.5 tokenizer (`--tokenizer`, default
-../shared/tokenizers/qwen2.5) in a temp dir, then runs, each in a few seconds:
+../shared/tokenizers/qwen2.5, else shared/ inside the checkout) in a temp dir, then runs, each in a few seconds:
   bf16-lora       LoRA training steps in bf16 through training.train (loss finite, adapter saved)
   qlora-4bit      the same with 4-bit bitsandbytes weights and paged_adamw_8bit
   generate        batched greedy generation on the GPU (core.generation)
@@ -214,7 +214,7 @@ def ray_half_gpu(ctx: Context) -> str:
     started = init_ray(cfg)
     try:
         pool = WorkerPool(cfg)
-        infos = pool.wait_ready()
+        infos = pool.wait_ready(timeout=180)  # actors that never get their GPU share: an error, not a hang
         assert len(infos) == 2 and all("cuda" in i["device"] for i in infos), infos
         refs = [pool.submit(w, ["The council met on Monday to discuss the budget."], cfg.data.prompt_template)
                 for w in range(2)]
@@ -264,6 +264,12 @@ CHECKS = (bf16_lora, qlora, generate, ray_half_gpu, mapreduce_cli)
 # --- the run -------------------------------------------------------------------------------
 
 
+def _shared(*parts: str) -> str:
+    """../shared/PARTS beside the checkout, else shared/PARTS inside it (a copy that carries shared/)."""
+    beside, inside = REPO.parent.joinpath("shared", *parts), REPO.joinpath("shared", *parts)
+    return str(inside if not beside.exists() and inside.exists() else beside)
+
+
 def _inputs_missing(args) -> list[str]:
     return [f"{what} not found: {path}" for what, path in (("--tokenizer", args.tokenizer), ("--data", args.data))
             if not Path(path).exists()]
@@ -281,8 +287,8 @@ def _cuda_line(dry: bool) -> bool:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokenizer", default=str(REPO.parent / "shared" / "tokenizers" / "qwen2.5"))
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cnndm" / "train.jsonl"))
+    parser.add_argument("--tokenizer", default=_shared("tokenizers", "qwen2.5"))
+    parser.add_argument("--data", default=_shared("data", "cnndm", "train.jsonl"))
     parser.add_argument("--dry-run", action="store_true",
                         help="parse every argv and config the checks would use; no model, no GPU")
     args = parser.parse_args(argv)
