@@ -4,7 +4,8 @@
     bash bench/gpu_check.sh --dry-run       # any machine, no GPU, no model: parse what would run
 
 Builds a 2-layer Qwen2 with the real Qwen 2.5 tokenizer (`--tokenizer`, default
-../shared/tokenizers/qwen2.5, else shared/ inside the checkout) in a temp dir, then runs, each in a few seconds:
+../shared/tokenizers/qwen2.5, else shared/ inside the checkout) in a temp dir, then runs,
+each in a few seconds:
   bf16-lora       LoRA training steps in bf16 through training.train (loss finite, adapter saved)
   qlora-4bit      the same with 4-bit bitsandbytes weights and paged_adamw_8bit
   generate        batched greedy generation on the GPU (core.generation)
