@@ -190,6 +190,8 @@ def _convert_gguf(gguf_path: Path, target: Path, save_dtype: str = "float32") ->
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from core.decoding import decode_generated
+
     log.info("converting %s to a %s safetensors model dir ...", gguf_path.name, save_dtype)
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(
@@ -209,7 +211,7 @@ def _convert_gguf(gguf_path: Path, target: Path, save_dtype: str = "float32") ->
     reloaded = AutoModelForCausalLM.from_pretrained(str(partial), dtype=torch.float32, use_safetensors=True)
     ids = tok("The capital of France is", return_tensors="pt")
     out = reloaded.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.eos_token_id)
-    sample = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    sample = decode_generated(tok, out[0, ids["input_ids"].shape[1]:].tolist())
     if out.shape[1] <= ids["input_ids"].shape[1]:
         raise ModelError("converted model generated nothing")
     (partial / _READY_MARKER).write_text(json.dumps({"source": gguf_path.name, "dtype": save_dtype,

@@ -3,12 +3,17 @@
 Prompts are sorted by length so each batch holds prompts of similar length (little
 padding), left-padded so generation continues right after each prompt, and outputs are put
 back in the caller's order. Only generated tokens are decoded: no splitting text on the
-template.
+template, and a character the token limit cut in half is dropped (core.decoding).
 
 Repetition control looks at the generated tokens only. transformers' own
 `repetition_penalty` and `no_repeat_ngram_size` scan the whole `input_ids` of a decoder-only
 model, prompt included: they punish copying the article's words and forbid every 3-gram of
 the article, which is what a news summary is made of.
+
+Only these settings apply: `generate` fills every setting a call leaves unset from the
+model's own generation_config (Qwen2.5-Instruct ships do_sample, temperature 0.7, top_p,
+top_k 20 and repetition_penalty 1.05, a whole-input penalty), so each call passes a
+complete transformers GenerationConfig (`hf_generation_config`).
 
 `generate_isolated` is the same batching loop for a run that must not stop at one bad
 text (evaluation): a failing batch is retried one prompt at a time, and a prompt that
@@ -24,6 +29,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from core.config import GenerationConfig
+from core.decoding import decode_generated
 from core.errors import typed_line
 
 log = logging.getLogger(__name__)
@@ -103,7 +109,7 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 @torch.inference_mode()
 def generate_batch(model, tokenizer, prompts: Sequence[Sequence[int]], gen: GenerationConfig) -> list[str]:
-    """One left-padded batch; returns the decoded continuations (special tokens dropped)."""
+    """One left-padded batch; the decoded continuations (special tokens and a cut last character dropped)."""
     from transformers import LogitsProcessorList
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -112,21 +118,51 @@ def generate_batch(model, tokenizer, prompts: Sequence[Sequence[int]], gen: Gene
     processors = LogitsProcessorList()
     if gen.repetition_penalty != 1.0 or gen.no_repeat_ngram_size > 0:
         processors.append(GeneratedRepetitionProcessor(ids.shape[1], gen.repetition_penalty, gen.no_repeat_ngram_size))
-    beams = dict(num_beams=gen.num_beams, length_penalty=gen.length_penalty) if gen.num_beams > 1 else {}
     out = model.generate(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
-        max_new_tokens=gen.max_new_tokens,
-        min_new_tokens=gen.min_new_tokens or None,
-        do_sample=False,
+        generation_config=hf_generation_config(model, gen, pad_id, stop_token_ids(model, tokenizer)),
         logits_processor=processors,
-        pad_token_id=pad_id,
-        eos_token_id=stop_token_ids(model, tokenizer),
-        use_cache=True,
-        **beams,
     )
     new_tokens = out[:, ids.shape[1] :]
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
+    return [decode_generated(tokenizer, row.tolist()) for row in new_tokens]
+
+
+# settings transformers applies when they are set, whose "off" is None: a model's
+# generation_config may still fill these in (warned once); the rest are bookkeeping
+_HARMLESS_MODEL_KEYS = frozenset({"bos_token_id", "decoder_start_token_id", "transformers_version", "_from_model_config",
+                                  "max_length", "cache_implementation", "cache_config", "max_cache_len"})
+_WARNED: set[str] = set()
+
+
+def hf_generation_config(model, gen: GenerationConfig, pad_id: int, eos_ids: list[int]):
+    """transformers' GenerationConfig for one call: every setting explicit, greedy or beam only.
+
+    transformers' own defaults (`_get_default_generation_params`: top_k 50, temperature 1 ...)
+    are set explicitly too, so none is left for the model's generation_config to fill.
+    Repetition control is the GeneratedRepetitionProcessor's (generated tokens only), so
+    transformers' whole-input repetition_penalty and no_repeat_ngram_size stay off.
+    """
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    defaults = getattr(HFGenerationConfig, "_get_default_generation_params", dict)()
+    settings = {k: v for k, v in defaults.items() if v is not None and k not in ("max_length", "min_length")}
+    settings.update(
+        do_sample=False, temperature=1.0, top_k=50, top_p=1.0, typical_p=1.0,
+        num_beams=gen.num_beams, length_penalty=gen.length_penalty if gen.num_beams > 1 else 1.0,
+        repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_repetition_penalty=1.0,
+        encoder_no_repeat_ngram_size=0, guidance_scale=1.0, renormalize_logits=False,
+        max_new_tokens=gen.max_new_tokens, min_new_tokens=gen.min_new_tokens or None,
+        pad_token_id=pad_id, eos_token_id=list(eos_ids), use_cache=True,
+    )
+    config = HFGenerationConfig(**settings)
+    model_config = getattr(model, "generation_config", None)
+    left = {k: v for k, v in (model_config.to_dict() if model_config is not None else {}).items()
+            if v and getattr(config, k, None) is None and k not in _HARMLESS_MODEL_KEYS}  # falsy: off
+    for key in sorted(set(left) - _WARNED):
+        _WARNED.add(key)
+        log.warning("the model's generation_config sets %s=%r, which transformers still applies", key, left[key])
+    return config
 
 
 def generate_summaries(

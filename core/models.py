@@ -228,19 +228,62 @@ def name_adapter_base(adapter_dir: str | Path, base_model: str) -> None:
 
 
 def check_adapter_fits(cfg: ModelConfig) -> None:
-    """One line now, not a worker traceback later, for an adapter made for another base model.
+    """One line now, not a worker traceback later, for an adapter that cannot attach to the base.
 
-    Builds the base on the meta device (no weights) and checks that every LoRA tensor in
-    adapter_model.safetensors names a module of it with matching in/out features.
+    Checks adapter_config.json (r, lora_alpha, peft_type, and that peft reads it), builds
+    the base on the meta device (no weights), then checks that its target_modules name
+    modules of the base and that every LoRA tensor in adapter_model.safetensors names a
+    module of it with matching in/out features.
     """
-    import torch
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     path = check_adapter_dir(cfg.adapter)
     weights = path / "adapter_model.safetensors"
     if not weights.exists():
         raise ModelError(f"adapter dir {path} has no adapter_model.safetensors (only safetensors adapters load)")
+    config = read_adapter_config(path)
+    modules = _meta_modules(cfg)
+    check_target_modules(path, config, modules, cfg.base_model)
+    _check_adapter_weights(path, weights, modules, cfg.base_model)
+
+
+def read_adapter_config(path: Path) -> dict:
+    """adapter_config.json with its LoRA fields checked; ModelError naming the dir and the field."""
+    where = f"adapter {path}: adapter_config.json"
+    try:
+        config = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{where} is not valid JSON ({first_line(exc)})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{where} is not valid JSON for an adapter (not an object)")
+
+    def bad(key: str, want: str) -> ModelError:
+        return ModelError(f"{where}: field '{key}' must be {want}, got {config.get(key)!r}")
+
+    if config.get("peft_type", "LORA") != "LORA":
+        raise bad("peft_type", "LORA (only LoRA adapters load)")
+    r = config.get("r")
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+        raise bad("r", "a positive integer (the LoRA rank)")
+    alpha = config.get("lora_alpha", 8)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha != alpha:
+        raise bad("lora_alpha", "a number")
+    targets = config.get("target_modules")
+    if not (isinstance(targets, str) or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))
+            or (targets is None and config.get("target_parameters"))):
+        raise bad("target_modules", "a list of module names or a regex")
+    try:
+        from peft import LoraConfig
+
+        LoraConfig.from_peft_type(**config)
+    except Exception as exc:
+        raise ModelError(f"{where}: peft cannot read it: {first_line(exc)}") from None
+    return config
+
+
+def _meta_modules(cfg: ModelConfig) -> dict:
+    """The base model's modules by name, built on the meta device (no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     source, gguf = resolve_model_path(cfg.base_model)
     try:
         config = AutoConfig.from_pretrained(source, gguf_file=gguf, trust_remote_code=cfg.trust_remote_code)
@@ -249,7 +292,35 @@ def check_adapter_fits(cfg: ModelConfig) -> None:
     except Exception as exc:
         raise ModelError(f"base model {cfg.base_model!r} is not a causal LM this adapter can attach to: "
                          f"{first_line(exc)}") from None
-    modules = dict(model.named_modules())
+    return dict(model.named_modules())
+
+
+def check_target_modules(path: Path, config: dict, modules: dict, base_model: str) -> None:
+    """Every target_modules entry names a module of the base (a regex: matches one), as peft matches them."""
+    import re
+
+    targets, names = config.get("target_modules"), [n for n in modules if n]
+    where = f"adapter {path}: adapter_config.json: field 'target_modules'"
+    if targets is None or targets == "all-linear":
+        return
+    if isinstance(targets, str):
+        try:
+            pattern = re.compile(targets)
+        except re.error as exc:
+            raise ModelError(f"{where} is not a valid regex ({exc}): {targets!r}") from None
+        if not any(pattern.fullmatch(n) for n in names):
+            raise ModelError(f"{where}: the regex {targets!r} matches no module of base model {base_model}")
+        return
+    missing = sorted(t for t in set(targets) if not any(n == t or n.endswith("." + t) for n in names))
+    if missing or not targets:
+        raise ModelError(f"{where} names {missing or 'no modules'}: not modules of base model {base_model} "
+                         "(a typo, or an adapter for another model?)")
+
+
+def _check_adapter_weights(path: Path, weights: Path, modules: dict, base_model: str) -> None:
+    """Every LoRA tensor names a module of the base, with its in/out features."""
+    from safetensors import safe_open
+
     with safe_open(str(weights), "pt") as tensors:
         for key in tensors.keys():
             name, _, kind = key.removeprefix("base_model.model.").rpartition(".lora_")
@@ -257,11 +328,11 @@ def check_adapter_fits(cfg: ModelConfig) -> None:
                 continue
             module, shape = modules.get(name), tensors.get_slice(key).get_shape()
             if module is None:
-                raise ModelError(f"adapter {path} does not fit base model {cfg.base_model}: it has no module {name}")
+                raise ModelError(f"adapter {path} does not fit base model {base_model}: it has no module {name}")
             want = getattr(module, "in_features", None) if kind.startswith("A") else getattr(module, "out_features", None)
             have = shape[1] if kind.startswith("A") else shape[0]
             if want is not None and have != want:
-                raise ModelError(f"adapter {path} does not fit base model {cfg.base_model}: {name} has "
+                raise ModelError(f"adapter {path} does not fit base model {base_model}: {name} has "
                                  f"{want} features, the adapter {have} (an adapter for another model?)")
 
 

@@ -62,11 +62,16 @@ _MARKER_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _markers(tokenizer, template: str) -> tuple[str, ...]:
-    """Special tokens + the template's [MARKERS], longest first; cached: defuse runs per chunk probe."""
+    """Added tokens + the template's [MARKERS], longest first; cached: defuse runs per chunk probe.
+
+    Every added token, special or not: the tokenizer matches Qwen's non-special ones
+    (`<tool_call>`, `<|fim_prefix|>` ...) anywhere in a text just as it matches `<|im_end|>`.
+    """
     per_template = _MARKER_CACHE.setdefault(tokenizer, {})
     if template not in per_template:
         markers = set(getattr(tokenizer, "all_special_tokens", []) or [])
-        markers.update(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special)
+        markers.update(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values())
+        markers.update(getattr(tokenizer, "added_tokens_encoder", {}) or {})
         markers.update(_BRACKET_MARKER.findall(template))
         per_template[template] = tuple(sorted((m for m in markers if len(m) > 1), key=len, reverse=True))
     return per_template[template]
@@ -75,7 +80,7 @@ def _markers(tokenizer, template: str) -> tuple[str, ...]:
 def defuse(text: str, tokenizer, template: str) -> str:
     """Text from a document, unable to pose as a control token or as the template's markers.
 
-    The tokenizer parses its special tokens (`<|im_end|>`) wherever they appear, and the
+    The tokenizer parses its added tokens (`<|im_end|>`, `<tool_call>`) wherever they appear, and the
     model cannot tell a document's "[/INST]" from the template's. Each occurrence in the
     text gets a word joiner after its first character, so it is tokenized as plain text.
     """

@@ -15,6 +15,8 @@ summarization logic of its own.
 Resources: `num_gpus_per_worker` GPUs per actor (1, or a fraction such as 0.5 to share a
 GPU) when the cluster has GPUs and the device is not cpu; otherwise CPU actors, each pinned to
 `num_cpus_per_worker` threads (rounded, at least 1) so actors do not fight over cores.
+A GPU actor sees only its own GPU(s), as cuda:0...: `device: cuda:N` loads on `cuda` there,
+and `device: cuda*` is refused where the actors would get no GPU.
 
 Faults: a crashed actor is restarted (`max_restarts`) and its calls retried
 (`max_task_retries`, `retry_exceptions=True`, so Python errors are retried too). The engine
@@ -95,8 +97,8 @@ class SummarizerWorker:
         from core.models import load_for_inference
 
         cfg = copy.deepcopy(cfg)
+        cfg.model.device = actor_device(cfg.model.device, use_gpu)
         if not use_gpu:
-            cfg.model.device = "cpu"
             cfg.model.num_threads = num_threads
             torch.set_num_threads(num_threads)
         self.model, self.tokenizer = load_for_inference(cfg.model)
@@ -119,12 +121,27 @@ class SummarizerWorker:
         return [("" if i in blank else s) for i, s in enumerate(summaries)]
 
 
+def actor_device(device: str, use_gpu: bool) -> str:
+    """The device an actor loads on. Ray shows a GPU actor only its own GPU(s), numbered from 0,
+    so a configured `cuda:N` there is its first GPU, `cuda`; a CPU actor loads on cpu."""
+    if not use_gpu:
+        return "cpu"
+    return "cuda" if device.startswith("cuda") else device
+
+
 def worker_resources(cfg: Config, cluster: dict) -> tuple[int, float, float]:
-    """(num_workers, gpus per worker, cpus per worker) for a cluster's resources dict."""
-    mr = cfg.mapreduce
+    """(num_workers, gpus per worker, cpus per worker) for a cluster's resources dict.
+
+    WorkerError for `device: cuda*` where the actors would get no GPU (they would run on CPU).
+    """
+    mr, device = cfg.mapreduce, cfg.model.device
     gpus = float(cluster.get("GPU", 0))
     # device: cpu runs on CPU even on a GPU cluster: reserving GPUs it never uses would block others
-    use_gpu = gpus > 0 and mr.num_gpus_per_worker > 0 and cfg.model.device != "cpu"
+    use_gpu = gpus > 0 and mr.num_gpus_per_worker > 0 and device != "cpu"
+    if device.startswith("cuda") and not use_gpu:
+        why = "the Ray cluster has no GPU" if gpus <= 0 else "num_gpus_per_worker is 0"
+        raise WorkerError(f"device {device!r} asked for, but {why}: the workers would run on CPU "
+                          "(use device auto or cpu, or a cluster with GPUs)")
     gpus_per = mr.num_gpus_per_worker if use_gpu else 0.0
     if mr.num_workers is not None:
         workers = mr.num_workers

@@ -155,7 +155,7 @@ def test_whole_input_repetition_settings_are_never_passed_to_transformers(tiny):
     finally:
         del model.generate
     kwargs = seen["kwargs"]
-    assert "no_repeat_ngram_size" not in kwargs and "repetition_penalty" not in kwargs
+    assert (kwargs["generation_config"].no_repeat_ngram_size, kwargs["generation_config"].repetition_penalty) == (0, 1.0)
     (proc,) = kwargs["logits_processor"]
     assert proc.prompt_length == max(len(p) for p in prompts)  # generated tokens start there
     assert (proc.penalty, proc.ngram) == (1.3, 3)
@@ -212,3 +212,84 @@ def test_isolated_generation_retries_a_failed_batch_alone_and_keeps_going(monkey
                         ("s3", None), ("s4", None), ("s5", None)]
     assert [idx for idx, _ in done] == [[4, 3], [2, 1], [0]]  # longest first, every batch reported once
     assert calls[2:4] == [[[3, 3, 3]], [[6, 6]]]  # the failing batch, split: each prompt alone
+
+
+# --- only the project's own generation settings apply -----------------------------------
+
+
+def _noisy_defaults(model, **extra):
+    """Qwen2.5-Instruct's shipped generation_config: sampling and a whole-input penalty."""
+    cfg = model.generation_config
+    for key, value in {**dict(repetition_penalty=1.05, do_sample=True, top_k=20, top_p=0.8, temperature=0.7), **extra}.items():
+        setattr(cfg, key, value)
+    return model
+
+
+@pytest.mark.parametrize("extra", [{}, {"repetition_penalty": 3.0, "no_repeat_ngram_size": 1, "num_beams": 2}])
+def test_the_models_generation_config_never_changes_the_output(lively_model_dir, extra):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(lively_model_dir), padding_side="left")
+    clean = AutoModelForCausalLM.from_pretrained(str(lively_model_dir), dtype=torch.float32).eval()
+    noisy = _noisy_defaults(AutoModelForCausalLM.from_pretrained(str(lively_model_dir), dtype=torch.float32).eval(), **extra)
+    prompts = _prompts(tok, 4)
+    for gen in (GenerationConfig(max_new_tokens=12),
+                GenerationConfig(max_new_tokens=12, repetition_penalty=1.3, no_repeat_ngram_size=3)):
+        torch.manual_seed(0)
+        want = generate_summaries(clean, tok, prompts, gen, batch_size=2)
+        torch.manual_seed(1)  # were it sampling, another seed would show it
+        assert generate_summaries(noisy, tok, prompts, gen, batch_size=2) == want
+    assert len(set(want)) > 1
+
+
+def test_the_generation_config_passed_is_complete_and_greedy(tiny):
+    model, tok = tiny
+    _noisy_defaults(model)
+    seen = _spy_generate(model)
+    try:
+        generate_batch(model, tok, _prompts(tok, 1), GenerationConfig(max_new_tokens=4, no_repeat_ngram_size=3))
+    finally:
+        del model.generate
+        model.generation_config.update(repetition_penalty=None, do_sample=None, top_k=None, top_p=None, temperature=None)
+    passed = seen["kwargs"]["generation_config"]
+    assert (passed.do_sample, passed.repetition_penalty, passed.no_repeat_ngram_size, passed.num_beams) == (False, 1.0, 0, 1)
+    assert (passed.top_k, passed.top_p, passed.temperature, passed.max_new_tokens) == (50, 1.0, 1.0, 4)
+
+
+# --- a call cut at its token limit mid-character ------------------------------------------
+
+
+def test_a_character_cut_at_the_token_limit_is_dropped(qwen_tokenizer):
+    from core.decoding import decode_generated
+
+    tok = qwen_tokenizer
+    text = "Fireworks 🎆🎇 and a cat 🐈‍⬛"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    cuts = 0
+    for end in range(1, len(ids) + 1):
+        raw = tok.decode(ids[:end], skip_special_tokens=True)
+        got = decode_generated(tok, ids[:end])
+        assert not got.endswith("\ufffd"), (end, raw)
+        if raw.endswith("\ufffd"):
+            cuts += 1
+            assert got == raw[:-1].strip()
+        else:
+            assert got == raw.strip()
+    assert cuts >= 2  # the emojis really were cut mid-character
+    assert decode_generated(tok, ids + [tok.eos_token_id]) == text  # special tokens still dropped
+
+
+def test_a_genuine_replacement_character_is_kept(qwen_tokenizer):
+    from core.decoding import decode_generated
+
+    tok = qwen_tokenizer
+    for text in ("bad byte \ufffd", "\ufffd", "two \ufffd\ufffd", "ok 🎆 \ufffd"):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert decode_generated(tok, ids) == text
+    kept = tok("kept \ufffd", add_special_tokens=False)["input_ids"]
+    firework = tok.convert_tokens_to_ids(["ð", "Ł", "İ", "Ĩ"])  # 🎆 = F0 9F 8E 86, one byte-level token each
+    assert tok.decode(kept + firework) == "kept \ufffd🎆"
+    for end in (1, 2, 3):  # the genuine U+FFFD, then the first bytes of the emoji
+        assert tok.decode(kept + firework[:end]) == "kept \ufffd\ufffd"
+        assert decode_generated(tok, kept + firework[:end]) == "kept \ufffd"
+    assert decode_generated(tok, kept + firework[1:3]) == "kept \ufffd\ufffd\ufffd"  # stray bytes: no cut, kept
