@@ -119,7 +119,7 @@ def train_config(argv: list[str], dry: bool):
     import torch
     from transformers.training_args import OptimizerNames
 
-    from core.config import config_from_args
+    from core.flags import config_from_args
     from core.models import _quantization_config
     from training.train import _check_settings, build_parser, training_arguments
 
@@ -240,7 +240,7 @@ def mapreduce_cli(ctx: Context) -> str:
     if ctx.dry:
         from transformers import AutoTokenizer
 
-        from core.config import config_from_args
+        from core.flags import config_from_args
         from mapreduce.chunking import Chunker
         from mapreduce.cli import build_parser, read_input
 
