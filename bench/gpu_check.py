@@ -121,11 +121,10 @@ def train_config(argv: list[str], dry: bool):
 
     from core.flags import config_from_args
     from core.models import _quantization_config
-    from training.train import _check_settings, build_parser, training_arguments
+    from training.train import build_parser, training_arguments
 
-    cfg = config_from_args(parse(build_parser(), argv))
+    cfg = config_from_args(parse(build_parser(), argv))  # the training checks run at load
     has_eval = bool(cfg.data.eval_split)
-    _check_settings(cfg, has_eval)
     OptimizerNames(cfg.training.optim)  # on CPU training_arguments swaps a bitsandbytes optimizer out
     _quantization_config(cfg.model, torch.bfloat16)
     if dry:
