@@ -1,12 +1,16 @@
 """Test fakes shared by several test modules (no test module imports another).
 
 A chunker that counts words as tokens, summarizers that keep markers, a fake Ray pool: the
-document lifecycle and the engine's scheduler run on them with no model and no Ray.
+document lifecycle and the engine's scheduler run on them with no model and no Ray. And the
+argv of a short CPU training run (run_args), for the training tests.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+from conftest import CNNDM_TRAIN, REPO
 
 from core.config import load_config
 from mapreduce.chunking import Chunk
@@ -14,6 +18,7 @@ from mapreduce.document import DocumentSteps
 
 DOC_TEMPLATE, REDUCE_TEMPLATE = "Doc: {article}", "Sum: {article}"
 MARKER = re.compile(r"\bM\d{3}\b")
+CPU_CONFIG = str(REPO / "configs" / "smollm2_cpu.yaml")  # max_new_tokens 80 allows max_length 128
 
 
 class WordChunker:
@@ -96,3 +101,37 @@ class FakePool:
 
     def check_alive(self, index):
         return True
+
+
+def run_args(model_dir: Path, output_dir: Path, **overrides) -> list[str]:
+    """argv for training.train: 8 full-batch steps on 4 CNN/DM rows, loud enough that the loss must fall."""
+    values = {
+        "config": CPU_CONFIG,
+        "base_model": str(model_dir),
+        "dataset": str(CNNDM_TRAIN),
+        "train_split": "train[:4]",
+        "eval_split": "train[1049:1051]",
+        "max_length": 128,
+        "max_steps": 8,
+        "per_device_train_batch_size": 4,  # all 4 rows in every step: plain gradient descent
+        "gradient_accumulation_steps": 1,
+        "per_device_eval_batch_size": 2,
+        "learning_rate": 3e-2,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "lora_dropout": 0.0,
+        "logging_steps": 1,
+        "eval_steps": 4,
+        "save_steps": 4,
+        "rouge_eval_examples": 2,
+        "optim": "adamw_torch",
+        "output_dir": str(output_dir),
+    }
+    values.update(overrides)
+    args = []
+    for key, value in values.items():
+        if value is True:
+            args.append("--" + key.replace("_", "-"))
+        else:
+            args += ["--" + key.replace("_", "-"), str(value)]
+    return args

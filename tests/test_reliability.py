@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import CNNDM_TEST, REPO
-from test_train import run_args
+from fakes import run_args
 
 from core.config import ConfigError, load_config
 from core.data import DataError, load_rows

@@ -14,45 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CNNDM_TRAIN, REPO
+from conftest import REPO
+from fakes import CPU_CONFIG, run_args
 
 from core.config import load_config
 from training.train import build_lora_model, main, pick_optimizer
-
-CPU_CONFIG = str(REPO / "configs" / "smollm2_cpu.yaml")  # max_new_tokens 80 allows max_length 128
-
-
-def run_args(model_dir: Path, output_dir: Path, **overrides) -> list[str]:
-    values = {
-        "config": CPU_CONFIG,
-        "base_model": str(model_dir),
-        "dataset": str(CNNDM_TRAIN),
-        "train_split": "train[:4]",
-        "eval_split": "train[1049:1051]",
-        "max_length": 128,
-        "max_steps": 8,
-        "per_device_train_batch_size": 4,  # all 4 rows in every step: plain gradient descent
-        "gradient_accumulation_steps": 1,
-        "per_device_eval_batch_size": 2,
-        "learning_rate": 3e-2,
-        "lr_scheduler_type": "constant",
-        "warmup_steps": 0,
-        "lora_dropout": 0.0,
-        "logging_steps": 1,
-        "eval_steps": 4,
-        "save_steps": 4,
-        "rouge_eval_examples": 2,
-        "optim": "adamw_torch",
-        "output_dir": str(output_dir),
-    }
-    values.update(overrides)
-    args = []
-    for key, value in values.items():
-        if value is True:
-            args.append("--" + key.replace("_", "-"))
-        else:
-            args += ["--" + key.replace("_", "-"), str(value)]
-    return args
 
 
 @pytest.fixture(scope="module")
