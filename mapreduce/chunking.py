@@ -35,6 +35,11 @@ from core.prompt import build_prompt_ids, check_template_fits, template_token_co
 # paragraphs, lines, sentences, clauses, words, characters
 SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ", ""]
 _NO_LIMIT = 10**9
+# Slack when a piece is split again because it costs more inside the prompt than on its own.
+# Its overshoot is measured on the whole piece, but the smaller pieces' edges tokenize afresh
+# (a token or two each, see above); without slack a re-split can land a token over again and
+# crawl down one token per round. 8 tokens covers a few edges: a margin, not a measured bound.
+RESPLIT_SLACK = 8
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -149,7 +154,7 @@ class Chunker:
                 spans.append((offset + start, offset + position))
                 continue
             # longer inside the prompt than on its own: split this piece again, smaller
-            smaller = size - (self.prompt_cost(piece) - size) - 8
+            smaller = size - (self.prompt_cost(piece) - size) - RESPLIT_SLACK
             if smaller < 1:
                 raise ValueError(f"cannot split a piece of text to fit {size} tokens")
             spans.extend(self._cores(piece, offset + start, smaller))
