@@ -21,7 +21,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
-	$(PY) -m core.models fetch
+	$(PY) -m core.embedded fetch
 
 demo: setup
 	$(PY) -m mapreduce.cli summarize --config configs/smollm2_cpu.yaml --adapter $(ADAPTER) examples/long_story.txt

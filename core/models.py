@@ -5,7 +5,8 @@ once into the cache by core.embedded). Device and dtype are picked automatically
 bf16, or fp16 on GPUs without bf16; CPU: fp32 for training, and for inference bf16 where the
 CPU has native bf16 dot products, else fp32) unless the config says otherwise.
 
-    python -m core.models fetch            # fetch the embedded models (core.embedded)
+Fetching the embedded models is `python -m core.embedded fetch`; `python -m core.models fetch`
+still works as an alias (older scripts and the config comments use it).
 """
 
 from __future__ import annotations
@@ -346,7 +347,7 @@ def load_for_inference(cfg: ModelConfig, with_adapter: bool = True, device=None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m core.models fetch`, the name the Makefile, CI and READMEs use: core.embedded's CLI."""
+    """Alias of `python -m core.embedded fetch` (core.embedded's CLI), kept for older scripts and the configs."""
     from core.embedded import main as embedded_main
 
     return embedded_main(argv, prog="python -m core.models")

@@ -61,12 +61,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
-    """The real SmolLM2-135M-Instruct, converted by `python -m core.models fetch` (CI runs it)."""
+    """The real SmolLM2-135M-Instruct, converted by `python -m core.embedded fetch` (CI runs it)."""
     from core.embedded import embedded_model_dir as locate
 
     path = locate("smollm2")
     if not (path / "fetch_ok.json").exists():
-        pytest.fail(f"embedded model missing at {path}: run `python -m core.models fetch` first")
+        pytest.fail(f"embedded model missing at {path}: run `python -m core.embedded fetch` first")
     return path
 
 
