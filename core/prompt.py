@@ -44,8 +44,13 @@ def _split_template(template: str) -> tuple[str, str]:
     return prefix, suffix
 
 
+# a whole long document in one call, asked for the length a map-reduce summary gets (the peer
+# a user of a long-context model tries first; evaluation.longdocs' `whole` system)
+WHOLE_TEMPLATE = "[INST] Summarize the following document in about {words} words:\n\n{article}\n\nSummary: [/INST]"
+
+
 def merge_template(words: int, template: str = MERGE_TEMPLATE) -> str:
-    """The merge prompt with its word budget filled in (still holding {article})."""
+    """A prompt with its word budget filled in (still holding {article}): the merge's, or WHOLE_TEMPLATE."""
     return template.replace("{words}", str(int(words)))
 
 

@@ -1,7 +1,9 @@
-"""No-model measures and baselines for long documents: article coverage and the lead-k summary.
+"""No-model measures and baselines for long documents: article coverage, lead-k, paragraph leads.
 
 Coverage asks whether a summary of joined articles still carries each article (the last
-ones too); lead-k is the baseline of the same length as the map-reduce summary.
+ones too). Both baselines have the map-reduce summary's length: lead-k reads the opening;
+paragraph leads take the first sentence of paragraphs spread over the whole document, the
+structure a chunked map-reduce exploits (a blank line opens a new chunk).
 """
 
 from __future__ import annotations
@@ -74,6 +76,40 @@ def lead_k(text: str, words: int) -> str:
         out.append(" ".join(kept))
         left -= len(kept)
     return " ".join(out)
+
+
+def paragraphs(text: str) -> list[str]:
+    """Blank-line paragraphs; a text with fewer than two (a transcript) is cut at each line."""
+    blocks = [b.strip() for b in text.split("\n\n") if b.strip()]
+    if len(blocks) < 2:
+        blocks = [line.strip() for line in text.splitlines() if line.strip()]
+    return blocks
+
+
+def paragraph_leads(text: str, words: int) -> str:
+    """First sentences of paragraphs spread evenly over the document, in order, to exactly `words` words.
+
+    While every paragraph's lead fits, all of them, then second sentences round-robin; else
+    the leads of evenly spaced paragraphs, as many as the words allow.
+    """
+    parts = [p for p in (split_sentences(block) for block in paragraphs(text)) if p]
+    if not parts or words <= 0:
+        return ""
+    leads_words = sum(word_count(p[0]) for p in parts)
+    if leads_words <= words:
+        ranked = [(i, j) for j in range(max(len(p) for p in parts)) for i, p in enumerate(parts) if j < len(p)]
+    else:
+        count = max(1, min(len(parts), round(words * len(parts) / leads_words)))
+        last = len(parts) - 1  # the first and the last paragraph, and evenly between
+        ranked = [(round(k * last / (count - 1)) if count > 1 else 0, 0) for k in range(count)]
+    kept, left = {}, words
+    for i, j in ranked:
+        if left <= 0:
+            break
+        cut = parts[i][j].split()[:left]
+        kept[(i, j)] = " ".join(cut)
+        left -= len(cut)
+    return " ".join(kept[key] for key in sorted(kept))
 
 
 def leadk_budget(doc: LongDoc, mapreduce_record: Optional[dict]) -> tuple[int, str]:

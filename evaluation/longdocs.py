@@ -69,14 +69,17 @@ from core.config import Config, ConfigError
 from core.flags import add_config_flags, config_from_args
 from core.errors import UserError, typed_line
 from core.rouge import sentence_splitter_name
-from evaluation.coverage import lead_k, leadk_budget
+from evaluation.coverage import lead_k, leadk_budget, paragraph_leads
+from evaluation.longdocs_systems import bar as bar_for
+from evaluation.longdocs_systems import run_truncate, run_whole
 from evaluation.generations_log import LongdocLog
 from evaluation.longdocs_data import LongDoc, load_joined, load_longdocs
 from evaluation.longdocs_report import build_result, score_record, write_reports
 
 log = logging.getLogger("longdocs")
 
-SYSTEMS = ("mapreduce", "truncate", "leadk")  # run order: leadk's length needs mapreduce
+SYSTEMS = ("mapreduce", "whole", "truncate", "leadk", "paralead")  # run order: the baselines' length needs mapreduce
+BASELINES = {"leadk": lead_k, "paralead": paragraph_leads}  # no model: summaries cut to map-reduce's length
 LOG_FILE = "longdoc_generations.jsonl"
 DEFAULT_LONGDOCS = "../shared/data/longdocs/longdocs.jsonl"
 DEFAULT_TEST_FILE = "../shared/data/cnndm/test.jsonl"
@@ -104,25 +107,20 @@ def model_setups(cfg: Config) -> dict[str, str]:
     from mapreduce.batch import setup_fingerprint
 
     section = {k: v for k, v in dataclasses.asdict(cfg.mapreduce).items() if k not in _SCHEDULING_KEYS}
+    truncate = system_setup(cfg, "adapter" if cfg.model.adapter else "base")
     return {
         "mapreduce": "mr-" + _short_hash([setup_fingerprint(cfg), section]),
-        "truncate": "tr-" + system_setup(cfg, "adapter" if cfg.model.adapter else "base"),
+        "truncate": "tr-" + truncate,
+        "whole": "wh-" + _short_hash([truncate, cfg.mapreduce.summary_words, "whole-v1"]),
     }
 
 
-def leadk_setup(words: int) -> str:
-    """Lead-k's settings: the splitter and the word budget are all that change its output."""
-    return f"lk-{sentence_splitter_name()}-{words}"
+def leadk_setup(words: int, system: str = "leadk") -> str:
+    """A baseline's settings: the splitter and the word budget are all that change its output."""
+    return f"{'lk' if system == 'leadk' else 'pl'}-{sentence_splitter_name()}-{words}"
 
 
 # --- the systems ----------------------------------------------------------------------
-
-
-def _bar(system: str, total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"{system:>9}", unit="doc", file=sys.stderr, dynamic_ncols=True,
-                disable=not enabled)
 
 
 def run_mapreduce(cfg: Config, todo: list[LongDoc], out: LongdocLog, setup: str, progress: bool) -> None:
@@ -137,7 +135,7 @@ def run_mapreduce(cfg: Config, todo: list[LongDoc], out: LongdocLog, setup: str,
             texts[0] += 1
             bar.set_postfix(texts=texts[0], refresh=False)
 
-    with _bar("mapreduce", len(todo), progress) as bar:
+    with bar_for("mapreduce", len(todo), progress) as bar:
         say = lambda message: bar.write(message, file=sys.stderr)  # noqa: E731
         with open_engine(cfg, on_progress=on_progress, say=say) as engine:
             for result in engine.run((d.id, d.text) for d in todo):
@@ -146,70 +144,24 @@ def run_mapreduce(cfg: Config, todo: list[LongDoc], out: LongdocLog, setup: str,
                 bar.update(1)
 
 
-def _load_truncate_model(cfg: Config):
-    """(model, tokenizer) in this process; the template must leave room for the document."""
-    from core.models import load_for_inference, load_tokenizer
-    from core.prompt import check_template_fits
-
-    tokenizer = load_tokenizer(cfg.model, padding_side="left")
-    check_template_fits(tokenizer, cfg.data.prompt_template, cfg.prompt_budget, "system 'truncate': an article")
-    log.info("loading %s%s for the truncate system", cfg.model.base_model,
-             f" + {cfg.model.adapter}" if cfg.model.adapter else "")
-    return load_for_inference(cfg.model)
-
-
-def run_truncate(cfg: Config, todo: list[LongDoc], out: LongdocLog, setup: str, progress: bool) -> None:
-    """One pass per document, cut to the prompt budget, batched by length in this process.
-
-    core.generation.generate_isolated retries a failing batch (e.g. out of memory) one
-    document at a time, so one bad document fails alone; seconds are batch time / batch size.
-    """
-    from core.generation import generate_isolated
-    from core.prompt import build_prompt_ids
-
-    model, tokenizer = _load_truncate_model(cfg)
-    with _bar("truncate", len(todo), progress) as bar:
-        docs, prompts = [], []
-        for doc in todo:
-            if doc.text.strip():
-                docs.append(doc)
-                prompts.append(build_prompt_ids(tokenizer, doc.text, cfg.prompt_budget, cfg.data.prompt_template))
-            else:
-                out.add("truncate", doc, setup, error="empty document")
-                bar.update(1)
-        clock = [time.perf_counter()]
-
-        def record(indices: list[int], outcomes: list) -> None:
-            now = time.perf_counter()
-            for i, (text, error) in zip(indices, outcomes):
-                seconds = None if error is not None else (now - clock[0]) / len(indices)
-                if error is None and not text.strip():
-                    error = "the model returned an empty summary"
-                out.add("truncate", docs[i], setup, summary=text if error is None else None, error=error,
-                        seconds=seconds, prompt_tokens=len(prompts[i]))
-                bar.update(1)
-            clock[0] = now
-
-        generate_isolated(model, tokenizer, prompts, cfg.generation, on_batch_done=record)
-
-
 def leadk_budgets(docs: list[LongDoc], out: LongdocLog, mapreduce_setup: str) -> dict[str, tuple[int, str]]:
     """doc id -> (words, source) from the map-reduce summaries in the log under current settings."""
     return {d.id: leadk_budget(d, out.get("mapreduce", d, mapreduce_setup)) for d in docs}
 
 
-def run_leadk(docs: list[LongDoc], out: LongdocLog, budgets: dict[str, tuple[int, str]]) -> None:
-    """Instant, no model; redone whenever the length it must match changes."""
-    for doc in docs:
-        words, source = budgets[doc.id]
-        setup = leadk_setup(words)
-        if out.done("leadk", doc, setup):
-            continue
-        started = time.perf_counter()
-        summary = lead_k(doc.text, words)
-        error = None if summary else ("empty document" if not doc.text.strip() else "no length to match (0 words)")
-        out.add("leadk", doc, setup, summary=summary or None, error=error,
-                seconds=time.perf_counter() - started, words_budget=words, budget_source=source)
+def run_baselines(docs: list[LongDoc], out: LongdocLog, budgets: dict[str, tuple[int, str]], systems: list[str]) -> None:
+    """Instant, no model; redone whenever the length they must match changes."""
+    for system in (s for s in BASELINES if s in systems):
+        for doc in docs:
+            words, source = budgets[doc.id]
+            setup = leadk_setup(words, system)
+            if out.done(system, doc, setup):
+                continue
+            started = time.perf_counter()
+            summary = BASELINES[system](doc.text, words)
+            error = None if summary else ("empty document" if not doc.text.strip() else "no length to match (0 words)")
+            out.add(system, doc, setup, summary=summary or None, error=error,
+                    seconds=time.perf_counter() - started, words_budget=words, budget_source=source)
 
 
 # --- the program ----------------------------------------------------------------------
@@ -221,8 +173,8 @@ def check_options(args: argparse.Namespace) -> list[str]:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown or not systems:
         raise ConfigError(f"--systems: choose from {', '.join(SYSTEMS)} (got {args.compare!r})")
-    if args.limit <= 0:
-        raise ConfigError(f"--limit must be positive, got {args.limit}")
+    if args.limit <= 0 or args.start < 0:
+        raise ConfigError(f"--limit must be positive and --start >= 0, got {args.limit} and {args.start}")
     if args.data == "joined" and not 0 < args.min_tokens <= args.max_tokens:
         raise ConfigError(f"need 0 < --min-tokens <= --max-tokens, got {args.min_tokens} and {args.max_tokens}")
     if not 0 <= args.coverage_threshold <= 1:
@@ -232,7 +184,7 @@ def check_options(args: argparse.Namespace) -> list[str]:
 
 def load_documents(cfg: Config, args: argparse.Namespace) -> tuple[list[LongDoc], str]:
     if args.data == "longdocs":
-        return load_longdocs(Path(args.longdocs_file), args.limit), args.longdocs_file
+        return load_longdocs(Path(args.longdocs_file), args.limit, args.start), args.longdocs_file
     from core.models import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)
@@ -241,9 +193,9 @@ def load_documents(cfg: Config, args: argparse.Namespace) -> tuple[list[LongDoc]
 
 
 def generate(cfg: Config, docs: list[LongDoc], systems: list[str], out: LongdocLog, progress: bool) -> dict:
-    """Run what is missing, in order; returns the settings hash per system (leadk: per document)."""
+    """Run what is missing, in order; returns the settings hash per system (baselines: per document)."""
     setups: dict = model_setups(cfg)
-    for system, runner in (("mapreduce", run_mapreduce), ("truncate", run_truncate)):
+    for system, runner in (("mapreduce", run_mapreduce), ("whole", run_whole), ("truncate", run_truncate)):
         if system not in systems:
             continue
         todo = [d for d in docs if not out.done(system, d, setups[system])]
@@ -252,9 +204,9 @@ def generate(cfg: Config, docs: list[LongDoc], systems: list[str], out: LongdocL
         if todo:
             runner(cfg, todo, out, setups[system], progress)
     budgets = leadk_budgets(docs, out, setups["mapreduce"])
-    setups["leadk"] = {doc_id: leadk_setup(words) for doc_id, (words, _) in budgets.items()}
-    if "leadk" in systems:
-        run_leadk(docs, out, budgets)
+    for system in BASELINES:
+        setups[system] = {doc_id: leadk_setup(words, system) for doc_id, (words, _) in budgets.items()}
+    run_baselines(docs, out, budgets, systems)
     return setups
 
 
@@ -265,7 +217,7 @@ def collect_rows(docs: list[LongDoc], systems: list[str], setups: dict, out: Lon
     for s in systems:
         rows[s] = []
         for d in docs:
-            setup = setups["leadk"][d.id] if s == "leadk" else setups[s]
+            setup = setups[s][d.id] if s in BASELINES else setups[s]
             rows[s].append(score_record(d, out.get(s, d, setup), threshold))
     return rows
 
@@ -287,7 +239,7 @@ def evaluate_long(cfg: Config, args: argparse.Namespace) -> dict:
               **build_result(docs, rows, cfg.evaluation.bootstrap_samples)}
     if args.data == "joined":
         result.update(coverage_threshold=args.coverage_threshold, min_tokens=args.min_tokens, max_tokens=args.max_tokens)
-    result["setups"] = {s: setups[s] for s in ("mapreduce", "truncate") if s in systems}
+    result["setups"] = {s: setups[s] for s in ("mapreduce", "whole", "truncate") if s in systems}
     result["config"] = cfg.to_dict()
     report = write_reports(out_dir, docs, rows, result)
     print(report)
@@ -317,8 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", choices=("longdocs", "joined"), default="longdocs",
                         help="longdocs: real long documents; joined: consecutive CNN/DM test articles joined (default %(default)s)")
     parser.add_argument("--longdocs-file", default=DEFAULT_LONGDOCS, help="longdocs JSONL (default %(default)s)")
-    parser.add_argument("--test-file", default=DEFAULT_TEST_FILE, help="CNN/DM test JSONL for --data joined (default %(default)s)")
+    parser.add_argument("--test-file", default=DEFAULT_TEST_FILE,
+                        help="CNN/DM JSONL(.gz) for --data joined; rows without highlights use their GPT-4 "
+                             "summary (val_llm_references.jsonl.gz: articles the adapter never trained on, to "
+                             "choose settings on) (default %(default)s)")
     parser.add_argument("--limit", type=int, default=30, help="documents to evaluate (default %(default)s)")
+    parser.add_argument("--start", type=int, default=0,
+                        help="longdocs: first row to evaluate, 0-based (e.g. 30 for rows 30-99, the rows settings "
+                             "are chosen on; rows 0-29 are reported) (default %(default)s)")
     parser.add_argument("--min-tokens", type=int, default=6000, help="joined: least model tokens per document (default %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=12000, help="joined: most model tokens per document (default %(default)s)")
     parser.add_argument("--coverage-threshold", type=float, default=0.2,

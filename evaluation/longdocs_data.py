@@ -62,7 +62,10 @@ def read_jsonl(path: Path, fields: tuple[str, ...]) -> Iterable[dict]:
 
 
 def _rows(path: Path, fields: tuple[str, ...]) -> Iterable[dict]:
-    with path.open(encoding="utf-8") as f:
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -88,12 +91,14 @@ def _not_utf8(path: Path) -> DataError:
                          "save it as UTF-8")
 
 
-def load_longdocs(path: Path, limit: int) -> list[LongDoc]:
-    """The first `limit` rows; empty documents are kept and fail as documents, not the run."""
+def load_longdocs(path: Path, limit: int, start: int = 0) -> list[LongDoc]:
+    """`limit` rows from row `start` (0-based); empty documents are kept and fail as documents, not the run."""
     docs = []
-    for row in read_jsonl(path, ("id", "document", "summary")):
+    for number, row in enumerate(read_jsonl(path, ("id", "document", "summary"))):
         if len(docs) == limit:
             break
+        if number < start:
+            continue
         text, ref = row["document"], row["summary"]
         docs.append(LongDoc(str(row["id"]), text if isinstance(text, str) else "",
                             ref if isinstance(ref, str) else "", row.get("qwen_tokens")))
@@ -147,11 +152,21 @@ def join_articles(rows: Iterable[dict], count_tokens: Callable[[str], int], min_
     return docs
 
 
+def _with_highlights(row: dict) -> dict:
+    """A row's reference summary as `highlights`: CNN/DM's own, else a model reference
+    (val_llm_references.jsonl.gz: `summaries` by model, GPT-4's first)."""
+    if "highlights" not in row and isinstance(row.get("summaries"), dict) and row["summaries"]:
+        refs = row["summaries"]
+        row = dict(row, highlights=refs.get("gpt-4") or next(iter(refs.values())))
+    row.setdefault("highlights", "")
+    return row
+
+
 def load_joined(path: Path, tokenizer, min_tokens: int, max_tokens: int, limit: int) -> list[LongDoc]:
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
-    docs = join_articles(read_jsonl(path, ("id", "article", "highlights")), count, min_tokens, max_tokens, limit)
+    docs = join_articles(map(_with_highlights, read_jsonl(path, ("id", "article"))), count, min_tokens, max_tokens, limit)
     if not docs:
         raise DataError(f"no run of articles in {path} reaches {min_tokens}..{max_tokens} tokens")
     if len(docs) < limit:

@@ -20,7 +20,9 @@ from evaluation.report import BOOTSTRAP_SEED, format_number, mean_or_nan, no_nan
 if TYPE_CHECKING:
     from evaluation.longdocs_data import LongDoc
 
-DISPLAY_NAMES = {"mapreduce": "Map-reduce", "truncate": "Truncate (one pass)", "leadk": "Lead-k (length-matched)"}
+DISPLAY_NAMES = {"mapreduce": "Map-reduce", "whole": "Whole document (one call)", "truncate": "Truncate (one pass)",
+                 "leadk": "Lead-k (length-matched)", "paralead": "Paragraph leads (length-matched)"}
+CI_KEYS = ("rouge1_f1", "rougeL_f1")  # F1, not recall: recall grows with length whatever the content
 SCORE_KEYS = tuple(f"{r}_{kind}" for kind in ("recall", "f1") for r in ROUGE_TYPES)
 
 # --- scoring --------------------------------------------------------------------------
@@ -63,9 +65,10 @@ def build_result(docs: list[LongDoc], rows: dict[str, list[dict]], samples: int)
         "systems": {s: system_summary(r) for s, r in rows.items()},
         "comparison": {},
     }
-    if "mapreduce" in rows and "truncate" in rows:
-        result["comparison"]["mapreduce_minus_truncate"] = paired_difference(
-            rows["mapreduce"], rows["truncate"], "rouge1_recall", samples)
+    for other in (s for s in rows if s != "mapreduce" and "mapreduce" in rows):
+        for key in CI_KEYS:
+            result["comparison"][f"mapreduce_minus_{other}_{key}"] = dict(
+                paired_difference(rows["mapreduce"], rows[other], key, samples), other=other)
     if any(d.articles for d in docs):
         result["coverage"] = {
             s: aggregate_coverage(c for r in rs if "error" not in r for c in r.get("coverage", []))
@@ -90,17 +93,21 @@ def markdown_report(result: dict) -> str:
     notes = [f"{result['num_documents']} documents ({result.get('data', '?')}: {result.get('source', '?')}); "
              f"{format_number(result['avg_document_tokens'], digits=0)} {result.get('token_unit', 'tokens')} and references of "
              f"{format_number(result['avg_reference_words'], digits=1)} words on average."]
-    diff = result["comparison"].get("mapreduce_minus_truncate")
-    if diff:
+    for diff in result["comparison"].values():
         lo, hi = diff["ci95"]
-        notes.append(f"Map-reduce − truncate: ROUGE-1 recall {format_number(diff['mean'], signed=True)}, 95% paired "
-                     f"bootstrap CI [{format_number(lo, signed=True)}, {format_number(hi, signed=True)}] over {diff['num_paired']} documents.")
-    if "leadk" in result["systems"]:
-        notes.append("Lead-k: the document's first sentences, cut to its map-reduce summary's length "
-                     "(the reference's where map-reduce failed or has not run).")
-    if {"mapreduce", "truncate"} & set(result["systems"]):
+        notes.append(f"Map-reduce − {DISPLAY_NAMES[diff['other']]}: {diff['metric']} {format_number(diff['mean'], signed=True)}, "
+                     f"95% paired bootstrap CI [{format_number(lo, signed=True)}, {format_number(hi, signed=True)}] "
+                     f"over {diff['num_paired']} documents.")
+    if {"leadk", "paralead"} & set(result["systems"]):
+        notes.append("Lead-k: the document's first sentences; paragraph leads: the first sentence of paragraphs spread "
+                     "evenly over the document; both cut to its map-reduce summary's length (the reference's where "
+                     "map-reduce failed or has not run).")
+    if "whole" in result["systems"]:
+        notes.append("Whole document: the same model and adapter read the whole document in one call, asked for "
+                     "summary_words words (WHOLE_TEMPLATE).")
+    if {"mapreduce", "truncate", "whole"} & set(result["systems"]):
         notes.append("s/doc: map-reduce = each document's own wall time, other documents in flight; truncate = "
-                     "batch time / batch size; model loading excluded.")
+                     "batch time / batch size; whole = its one call; model loading excluded.")
     notes.append("Failed documents are left out of the means and counted under Failures.")
     text = "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     if "coverage" in result:

@@ -175,13 +175,13 @@ def test_generation_log_appends_after_a_torn_line_without_losing_the_new_record(
 class _FakeSystems:
     """Stands in for the Ray and in-process model systems; records what each was asked to do."""
 
-    def __init__(self, monkeypatch, setups=("mr1", "tr1")):
-        self.calls: dict[str, list[list[str]]] = {"mapreduce": [], "truncate": []}
-        self.setups = dict(zip(("mapreduce", "truncate"), setups))
+    def __init__(self, monkeypatch, setups=("mr1", "tr1", "wh1")):
+        self.calls: dict[str, list[list[str]]] = {"mapreduce": [], "truncate": [], "whole": []}
+        self.setups = dict(zip(("mapreduce", "truncate", "whole"), setups))
         monkeypatch.setattr(ld, "model_setups", lambda cfg: dict(self.setups))
-        self.prefix = {"mapreduce": "map reduce summary of", "truncate": "truncated summary"}
-        monkeypatch.setattr(ld, "run_mapreduce", self._runner("mapreduce"))
-        monkeypatch.setattr(ld, "run_truncate", self._runner("truncate"))
+        self.prefix = {"mapreduce": "map reduce summary of", "truncate": "truncated summary", "whole": "whole"}
+        for system in self.calls:
+            monkeypatch.setattr(ld, f"run_{system}", self._runner(system))
 
     def _runner(self, system):
         def run(cfg, todo, out, setup, progress):
@@ -211,9 +211,10 @@ def _log_lines(out_dir: Path) -> list[dict]:
 def test_rerun_redoes_only_missing_work_and_settings_changes(tmp_path, monkeypatch, capsys):
     fake = _FakeSystems(monkeypatch)
     data, out_dir = _longdocs_file(tmp_path), tmp_path / "out"
-    args = ["--longdocs-file", str(data), "--out-dir", str(out_dir), "--no-progress"]
+    args = ["--longdocs-file", str(data), "--out-dir", str(out_dir), "--no-progress",
+            "--systems", "mapreduce,truncate,leadk"]
     assert main(args + ["--limit", "3"]) == 0
-    assert fake.calls == {"mapreduce": [["d0", "d1", "d2"]], "truncate": [["d0", "d1", "d2"]]}
+    assert fake.calls == {"mapreduce": [["d0", "d1", "d2"]], "truncate": [["d0", "d1", "d2"]], "whole": []}
     first = _log_lines(out_dir)
     assert len(first) == 9 and all(r["setup"] and r["doc_sha"] for r in first)
     leadk = {r["id"]: r for r in first if r["system"] == "leadk"}
@@ -234,7 +235,9 @@ def test_rerun_redoes_only_missing_work_and_settings_changes(tmp_path, monkeypat
     assert len(_log_lines(out_dir)) == 9 + 4 + 5
     result = json.loads((out_dir / "results.json").read_text())
     assert result["systems"]["mapreduce"]["num_failed"] == 1 and result["systems"]["truncate"]["num_scored"] == 4
-    assert result["comparison"]["mapreduce_minus_truncate"]["num_paired"] == 3
+    assert result["comparison"]["mapreduce_minus_truncate_rouge1_f1"]["num_paired"] == 3
+    assert set(result["comparison"]) == {f"mapreduce_minus_{s}_{k}" for s in ("truncate", "leadk")
+                                         for k in ("rouge1_f1", "rougeL_f1")}
     assert "| Map-reduce |" in capsys.readouterr().out
 
 
@@ -255,6 +258,32 @@ def test_leadk_is_redone_when_the_mapreduce_length_changes(tmp_path, monkeypatch
     assert [r["system"] for r in new] == ["mapreduce", "leadk"]
     assert new[1]["words_budget"] == _words(new[0]["summary"]) and new[1]["budget_source"] == "mapreduce"
     assert not fake.calls["truncate"]
+
+
+def test_every_system_runs_and_is_compared_on_f1(tmp_path, monkeypatch, capsys):
+    fake = _FakeSystems(monkeypatch)
+    data, out_dir = _longdocs_file(tmp_path, n=3), tmp_path / "out"
+    assert main(["--longdocs-file", str(data), "--out-dir", str(out_dir), "--no-progress"]) == 0
+    assert all(calls == [["d0", "d1", "d2"]] for calls in fake.calls.values())
+    result = json.loads((out_dir / "results.json").read_text())
+    assert list(result["systems"]) == ["mapreduce", "whole", "truncate", "leadk", "paralead"]
+    pl = [json.loads(line)["systems"]["paralead"] for line in (out_dir / "per_document.jsonl").read_text().splitlines()]
+    lk = [json.loads(line)["systems"]["leadk"] for line in (out_dir / "per_document.jsonl").read_text().splitlines()]
+    assert [p["words"] for p in pl] == [k["words"] for k in lk]  # both cut to the same length
+    assert "mapreduce_minus_paralead_rougeL_f1" in result["comparison"]
+    assert "Paragraph leads (length-matched)" in capsys.readouterr().out
+
+
+def test_paragraph_leads_spread_over_the_document():
+    from evaluation.coverage import paragraph_leads
+
+    text = "\n\n".join(f"Lead {i} says a thing. Then more of part {i}." for i in range(10))
+    short = paragraph_leads(text, 10)  # room for about two leads: the first and the last paragraph
+    assert short.startswith("Lead 0 says") and "Lead 9" in short and len(short.split()) == 10
+    everything = paragraph_leads(text, 1000)
+    assert everything.split() == text.split()  # all of it fits: every sentence, in document order
+    leads = paragraph_leads(text, 50)  # every lead (5 words each) fits: leads only, in order
+    assert leads == " ".join(f"Lead {i} says a thing." for i in range(10))
 
 
 def _no_model(*args, **kwargs):
@@ -307,7 +336,9 @@ def test_truncate_retries_a_failed_batch_one_document_at_a_time(tmp_path, monkey
             raise RuntimeError("boom\nmore detail")
         return ["alone summary"]
 
-    monkeypatch.setattr(ld, "_load_truncate_model", lambda cfg: (object(), qwen_tokenizer))
+    import evaluation.longdocs_systems as systems
+
+    monkeypatch.setattr(systems, "load_model", lambda cfg, system: (object(), qwen_tokenizer))
     monkeypatch.setattr(core.generation, "generate_batch", fake_generate)
     docs = [LongDoc("a", "Alpha text, longer than the two short ones.", "r"), LongDoc("b", "   ", "r"),
             LongDoc("c", "Gamma text.", "r"), LongDoc("d", "poison text.", "r"),
@@ -353,7 +384,7 @@ def test_report_shape_from_fake_records(tmp_path):
               **build_result(docs, rows, samples=200)}
     mr = result["systems"]["mapreduce"]
     assert mr["rouge1_recall"] == pytest.approx(0.45) and mr["num_failed"] == 1 and mr["num_scored"] == 2
-    diff = result["comparison"]["mapreduce_minus_truncate"]
+    diff = result["comparison"]["mapreduce_minus_truncate_rouge1_f1"]
     assert diff["num_paired"] == 2 and diff["mean"] == pytest.approx(0.15) and len(diff["ci95"]) == 2
     assert result["coverage"]["mapreduce"]["counts"]["all"] == {"covered": 5, "total": 6}
     assert result["coverage"]["truncate"]["last"] == 0.0
@@ -362,7 +393,8 @@ def test_report_shape_from_fake_records(tmp_path):
     lines = md.splitlines()
     assert lines[0].startswith("| System | R1 recall | R2 recall | RL recall | R1 F1 | R2 F1 | RL F1 | Words | s/doc | Failures |")
     assert lines[2].startswith("| Map-reduce | 0.4500 |") and lines[2].endswith("| 1 |")
-    assert any(line.startswith("- Map-reduce − truncate: ROUGE-1 recall +0.1500, 95% paired bootstrap CI") for line in lines)
+    assert any(line.startswith("- Map-reduce − Truncate (one pass): rouge1_f1 +0.1500, 95% paired bootstrap CI")
+               for line in lines)
     assert "| System | Covered | First | Middle | Last |" in md
     assert "| Map-reduce | 83.3% (5/6) | 100.0% (2/2) | 50.0% (1/2) | 100.0% (2/2) |" in md
     assert (tmp_path / "results.md").read_text() == md
@@ -459,7 +491,7 @@ def test_end_to_end_joined_on_the_tiny_model(tmp_path, lively_model_dir, capsys)
     result = json.loads((out_dir / "results.json").read_text())
     assert result["num_documents"] == 2 and set(result["systems"]) == {"mapreduce", "truncate", "leadk"}
     assert set(result["coverage"]) == {"mapreduce", "truncate", "leadk"}
-    assert "mapreduce_minus_truncate" in result["comparison"]
+    assert "mapreduce_minus_truncate_rougeL_f1" in result["comparison"]
     assert printed.strip() == (out_dir / "results.md").read_text().strip()
     assert "| System | Covered | First | Middle | Last |" in printed
     lines = (out_dir / ld.LOG_FILE).read_text().splitlines()
