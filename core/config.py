@@ -141,10 +141,11 @@ class MapReduceConfig:
     call_timeout_s: float = knob(1800.0, "seconds to wait for a batch of summaries (0: no limit)")
     start_timeout_s: float = knob(900.0, "seconds to wait for a worker to load its model (0: no limit)")
     max_document_tokens: int = knob(500_000, "refuse documents above this many tokens (0: no limit)")
-    reduce: str = knob("select", "with summary_words, how the chunks' summaries become one: select = their sentences "
+    reduce: Literal["select", "merge"] = knob("select", "with summary_words, how the chunks' summaries become one: select = their sentences "
                                  "in order, no model call; merge = the model merges groups of merge_fanin "
                                  "consecutive summaries, level by level, in order, the last merge to summary_words")
     merge_fanin: int = knob(4, "merge: consecutive summaries per merge call (>= 2)")
+    merge_template: Optional[str] = knob(None, "merge prompt, holding {words} and {article} (null: core.prompt.MERGE_TEMPLATE)")
 
 
 @dataclass
@@ -271,8 +272,10 @@ def check_chunk_overlap(chunk_size: int, chunk_overlap: int) -> None:
 
 def _check_mapreduce(cfg: Config) -> None:
     mr = cfg.mapreduce
-    if mr.reduce_template is not None and mr.reduce_template.count("{article}") != 1:
-        raise ConfigError("config key 'reduce_template' must contain '{article}' exactly once")
+    for key, need in (("reduce_template", "'{article}' exactly once"), ("merge_template", "'{article}' exactly once and {words}")):
+        text = getattr(mr, key)
+        if text is not None and (text.count("{article}") != 1 or (key == "merge_template" and "{words}" not in text)):
+            raise ConfigError(f"config key '{key}' must contain {need}")
     for key in ("chunk_size", "max_reduce_depth"):
         _require(getattr(mr, key) > 0, key, "positive", getattr(mr, key))
     check_chunk_overlap(mr.chunk_size, mr.chunk_overlap)
@@ -281,7 +284,6 @@ def _check_mapreduce(cfg: Config) -> None:
     _require(0 <= mr.min_support <= 1, "min_support", "in [0, 1] (0: keep every sentence)", mr.min_support)
     _require(mr.summary_words >= 0, "summary_words", ">= 0 (0: one short summary)", mr.summary_words)
     _require(mr.num_workers is None or mr.num_workers > 0, "num_workers", "positive", mr.num_workers)
-    _require(mr.reduce in ("select", "merge"), "reduce", "select or merge", repr(mr.reduce))
     _require(mr.merge_fanin >= 2, "merge_fanin", ">= 2", mr.merge_fanin)
     cap = mr.map_max_new_tokens
     _require(cap is None or cap > 0, "map_max_new_tokens", "positive (null: max_new_tokens)", cap)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from core.config import Config
-from core.prompt import merge_template
+from core.prompt import MERGE_TEMPLATE, merge_template
 from mapreduce.chunking import reduce_template
 from mapreduce.reduce import JOINER, ReduceError, ReduceLevel, ReduceState
 
@@ -139,6 +139,7 @@ class DocumentSteps:
         self.chunker = chunker
         self.doc_template = cfg.data.prompt_template
         self.reduce_template = reduce_template(cfg)
+        self.merge_template = cfg.mapreduce.merge_template or MERGE_TEMPLATE
         self.on_progress = on_progress or (lambda event: None)
 
     def count_tokens(self, text: str) -> int:
@@ -274,7 +275,7 @@ class DocumentJob:
         self.outputs = [None] * len(level.inputs)
         self.remaining = len(level.inputs)
         if level.merge_words is not None:
-            kind, template = "merge", merge_template(level.merge_words)
+            kind, template = "merge", merge_template(level.merge_words, self.steps.merge_template)
         else:
             template = self.steps.doc_template if kind == "document" else self.steps.reduce_template
         max_new_tokens = level.max_new_tokens or self.steps.max_new_tokens(level.name)

@@ -163,11 +163,15 @@ def supported_sentences(summary: str, source: str, min_support: float) -> tuple[
     return kept, dropped
 
 
+_PART_LABEL = re.compile(r"(?:(?<=\s)|^)\**Part \d+\**:\**\s*")  # "Part 2: " (or "**Part 2:**") echoed from the merge prompt
+
+
 def drop_repeated_sentences(text: str) -> str:
-    """The text without sentences mostly said already in it (a long merge that starts to loop)."""
+    """The text without the prompt's part labels and without sentences mostly said already in it
+    (a long merge that starts to loop)."""
     said: list[set] = []
     kept = []
-    for sentence in sentences(text):
+    for sentence in sentences(_PART_LABEL.sub("", text)):
         words = _long_words(sentence)
         if _said_already(words, said):
             continue

@@ -56,7 +56,8 @@ def test_map_calls_stop_at_their_own_cap(lively_model_dir):
 
     def recording(*args, **kwargs):
         out = generate(*args, **kwargs)
-        caps.append((kwargs["max_new_tokens"], out.shape[1] - kwargs["input_ids"].shape[1]))
+        cap = kwargs["generation_config"].max_new_tokens  # the whole decoding travels as one config
+        caps.append((cap, out.shape[1] - kwargs["input_ids"].shape[1]))
         return out
 
     summarizer.model.generate = recording
