@@ -218,12 +218,13 @@ def _output_rows(path: Path) -> Iterator[dict]:
                 )
 
 
-def compact_output(path: Path, setup: str) -> set[str]:
+def compact_output(path: Path, setup: str, runtimes: Optional[list] = None) -> set[str]:
     """Keep only the finished (`ok`) lines of an earlier run; return their keys.
 
     Refuses (CorpusError, file untouched) a file that is not this job's output, or whose
     finished rows were made with another `setup`. Rewritten through a temp file renamed
-    over the original, so a crash here loses nothing.
+    over the original, so a crash here loses nothing. `runtimes` collects each kept row's
+    `runtime` (the dtype and device its workers resolved), for the caller to check.
     """
     if not path.exists():
         return set()
@@ -232,12 +233,15 @@ def compact_output(path: Path, setup: str) -> set[str]:
     for record in _output_rows(path):
         if record["status"] == "ok" and record.get("setup") != setup:
             raise CorpusError(
-                f"--output {path} was made with other settings (model, adapter, templates or generation "
-                "differ); pass another --output to keep both"
+                f"--output {path} was made with other settings (model, adapter, templates, generation or "
+                "map-reduce settings differ, or an older version of this job wrote it): pass another --output "
+                "to start fresh beside it, or delete this one to redo it"
             )
         if record["status"] == "ok" and row_key(record) not in done:
             done.add(row_key(record))
             kept.append(json.dumps(record, ensure_ascii=False))
+            if runtimes is not None:
+                runtimes.append(record.get("runtime"))
     _rewrite(path, kept)
     return done
 
@@ -252,21 +256,38 @@ def _rewrite(path: Path, lines: list[str]) -> None:
     os.replace(tmp, path)
 
 
-class OutputWriter:
-    """Appends one JSON line per document, stamped with `setup`, and flushes it at once."""
+class OutputWriteError(CorpusError):
+    """--output could not be written (a full disk, a lost mount); one line for the user."""
 
-    def __init__(self, path: Path, setup: str):
+
+class OutputWriter:
+    """Appends one JSON line per document, stamped with `setup` and `runtime`, and flushes it at once.
+
+    A failed write (a full disk) is an OutputWriteError naming the file; the rows written
+    before it stay, and at most the one cut short is dropped by the next run's compaction.
+    """
+
+    def __init__(self, path: Path, setup: str, runtime: Optional[dict] = None):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._setup = setup
+        self.runtime = runtime  # the workers' resolved dtype and device, once known
         self._file = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps({**record, "setup": self._setup}, ensure_ascii=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        line = json.dumps({**record, "setup": self._setup, "runtime": self.runtime}, ensure_ascii=False) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise OutputWriteError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # the failed write's bytes, flushed again: already reported
+            pass
 
     def __enter__(self) -> "OutputWriter":
         return self
