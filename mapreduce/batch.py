@@ -10,13 +10,14 @@ The corpus is streamed (JSONL, JSONL.gz, or a directory of .txt/.md files); chun
 documents go to the actor pool together (mapreduce.engine). Each finished document is
 appended to the output and flushed at once, so a crash or Ctrl-C loses only documents in
 flight; rerunning the same command skips the ids already done, and starts no Ray and no
-model when nothing is left. Bad rows (malformed JSON, missing or empty text, duplicate id)
-become `error` lines with their line number and the job goes on. The exit code is
-non-zero when any document failed.
+model when nothing is left. Bad rows (malformed JSON, a line that is not UTF-8, missing or
+empty text, duplicate id) become `error` lines with their line number and the job goes on.
+The exit code is non-zero when any document failed.
 
 The output is guarded: it must not be the input, a symlink, a device/FIFO/directory, or an
 existing file that is not a batch output; one job at a time writes it (`<output>.lock`);
-and a rerun whose settings (`setup` fingerprint on every row) differ refuses to mix them in.
+and a rerun whose settings differ refuses to mix them in: every row carries the `setup`
+hash (core.fingerprint) and the `runtime` its workers resolved (dtype, device type).
 """
 
 from __future__ import annotations

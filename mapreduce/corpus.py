@@ -2,8 +2,8 @@
 
 Inputs: JSONL, JSONL.gz, or a directory of .txt/.md files, read one line (one file) at a
 time so the corpus is never held in memory. A row that cannot be summarized (malformed
-JSON, missing or empty text, a duplicate id) comes out as a `BadRow` carrying its line
-number, and the stream goes on.
+JSON, a line that is not UTF-8, missing or empty text, a duplicate id) comes out as a
+`BadRow` carrying its line number, and the stream goes on.
 
 Output: one JSON line per input document, appended and flushed as each finishes, each
 stamped with the `setup` fingerprint of the settings that made it. On a rerun the file is
@@ -50,10 +50,9 @@ class BadRow:
 Row = Union[Document, BadRow]
 
 
-def _open_text(path: Path):
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="strict")
-    return open(path, "r", encoding="utf-8", errors="strict")
+def _open_bytes(path: Path):
+    """Lines as bytes: each line is decoded on its own, so one bad byte fails one row, not the job."""
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
 def _dir_files(path: Path) -> list[Path]:
@@ -64,10 +63,10 @@ def count_rows(path: Path) -> int:
     """Non-blank lines (or files): the progress bar's total, in one cheap streaming pass."""
     if path.is_dir():
         return len(_dir_files(path))
-    with _open_text(path) as f:
+    with _open_bytes(path) as f:
         try:
             return sum(1 for line in f if line.strip())
-        except (UnicodeDecodeError, OSError, EOFError) as exc:
+        except (OSError, EOFError) as exc:
             raise CorpusError(f"cannot read {path}: {exc}") from None
 
 
@@ -100,42 +99,45 @@ def _iter_dir(path: Path) -> Iterator[Row]:
 
 def _iter_jsonl(path: Path, id_field: str, text_field: str) -> Iterator[Row]:
     first_line_of: dict[str, int] = {}
-    with _open_text(path) as f:
+    with _open_bytes(path) as f:
         number = 0
         while True:
             try:
-                raw = f.readline()
-            except UnicodeDecodeError:
-                raise CorpusError(f"{path}: not UTF-8 text after line {number}") from None
+                raw_bytes = f.readline()
             except (OSError, EOFError) as exc:
                 raise CorpusError(f"{path}: unreadable after line {number} ({exc})") from None
-            if not raw:
+            if not raw_bytes:
                 return
             number += 1
-            if not raw.strip():
+            if not raw_bytes.strip():
                 continue
             try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                yield BadRow(number, f"malformed JSON ({exc.msg})")
+                raw = raw_bytes.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield BadRow(number, f"not UTF-8 text (invalid byte at offset {exc.start} of the line)")
                 continue
-            if not isinstance(row, dict):
-                yield BadRow(number, "not a JSON object")
-                continue
-            doc_id = row.get(id_field)
-            if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
-                yield BadRow(number, f"missing id field '{id_field}'")
-                continue
-            doc_id = str(doc_id)
-            if doc_id in first_line_of:
-                yield BadRow(number, f"duplicate id {doc_id!r} (first on line {first_line_of[doc_id]})")
-                continue
-            first_line_of[doc_id] = number
-            text = row.get(text_field)
-            if not isinstance(text, str) or not text.strip():
-                yield BadRow(number, f"missing or empty text field '{text_field}'", doc_id)
-                continue
-            yield Document(doc_id, text, number)
+            yield _json_row(raw, number, id_field, text_field, first_line_of)
+
+
+def _json_row(raw: str, number: int, id_field: str, text_field: str, first_line_of: dict[str, int]) -> Row:
+    """One input line as a Document, or the BadRow saying why it cannot be summarized."""
+    try:
+        row = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return BadRow(number, f"malformed JSON ({exc.msg})")
+    if not isinstance(row, dict):
+        return BadRow(number, "not a JSON object")
+    doc_id = row.get(id_field)
+    if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
+        return BadRow(number, f"missing id field '{id_field}'")
+    doc_id = str(doc_id)
+    if doc_id in first_line_of:
+        return BadRow(number, f"duplicate id {doc_id!r} (first on line {first_line_of[doc_id]})")
+    first_line_of[doc_id] = number
+    text = row.get(text_field)
+    if not isinstance(text, str) or not text.strip():
+        return BadRow(number, f"missing or empty text field '{text_field}'", doc_id)
+    return Document(doc_id, text, number)
 
 
 def row_key(record: dict) -> str:

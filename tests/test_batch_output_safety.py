@@ -299,3 +299,17 @@ def test_rerun_with_nothing_left_starts_no_engine(tmp_path, capsys, engine_opens
         f.write("not json\n")
     assert batch_main(_argv(inp, out)) == 1
     assert _rows(out)[-1]["status"] == "error" and _rows(out)[-1]["line"] == 3
+
+
+# --- 8. a line that is not UTF-8 ----------------------------------------------------------
+
+
+def test_one_line_of_invalid_utf8_is_an_error_row_and_the_job_goes_on(tmp_path, capsys, engine_opens):
+    inp, out = tmp_path / "docs.jsonl", tmp_path / "out.jsonl"
+    inp.write_bytes(b'{"id": "a", "document": "first text"}\n{"id": "b", "document": "caf\xe9"}\n'
+                    b'{"id": "c", "document": "third text"}\n')
+    assert batch_main(_argv(inp, out)) == 1  # one document failed
+    rows = {r.get("id") or r["line"]: r for r in _rows(out)}
+    assert rows["a"]["status"] == rows["c"]["status"] == "ok"
+    assert rows[2]["status"] == "error" and rows[2]["line"] == 2 and "not UTF-8" in rows[2]["error"]
+    assert "done: 3 written (2 ok, 1 errors)" in capsys.readouterr().err
