@@ -138,8 +138,9 @@ class MapReduceConfig:
     num_cpus_per_worker: float = knob(1.0, "CPUs per actor (its torch threads on CPU)")
     ray_address: Optional[str] = knob(None, "Ray cluster address (null: $RAY_ADDRESS, else a local cluster)")
     max_task_retries: int = knob(2, "Ray retries of a failed or lost actor call")
-    call_timeout_s: float = knob(1800.0, "seconds to wait for a batch of summaries (0: no limit)")
+    call_timeout_s: float = knob(1800.0, "seconds one call may take, else retried alone, then failed (0: no limit)")
     start_timeout_s: float = knob(900.0, "seconds to wait for a worker to load its model (0: no limit)")
+    worker_logs: bool = knob(False, "show the Ray workers' own output (model loading, warnings, tracebacks) on stderr")
     max_document_tokens: int = knob(500_000, "refuse documents above this many tokens (0: no limit)")
     reduce: Literal["select", "merge"] = knob("select", "with summary_words, how the chunks' summaries become one: select = their sentences "
                                  "in order, no model call; merge = the model merges groups of merge_fanin "

@@ -1,7 +1,7 @@
 """The resumable generations log: append-only JSONL, one record per output, reused by settings.
 
 A run appends one record per (system, item) output and flushes often; a rerun reads the
-file back and reuses only records made with the same settings (a short hash per system,
+file back and reuses only records made with the same settings (core.fingerprint's hash per system,
 see `system_setup`), so it generates only what is missing. A line cut short by an
 interruption is skipped when reading, and ended before appending: otherwise the first new
 record would be glued onto the half line, and both would be unreadable.
@@ -16,13 +16,13 @@ record would be glued onto the half line, and both would be unreadable.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from core.config import Config
+from core.fingerprint import GENERATIONS, resolved_runtime, settings_hash, value_hash
 
 if TYPE_CHECKING:
     from evaluation.examples import Example
@@ -34,29 +34,20 @@ GENERATIONS_FILE = "generations.jsonl"
 
 
 def system_setup(cfg: Config, system: str) -> str:
-    """A short hash of every setting that changes a system's outputs (resume reuses only matches)."""
+    """core.fingerprint's settings hash of what a system's outputs are made from (resume reuses only matches).
+
+    lead3 has no model: the sentence splitter is all. The model systems run in this process,
+    so the dtype and device that `auto` resolves to here are part of it; only `adapter` reads the adapter.
+    """
     from core.rouge import sentence_splitter_name
 
     if system == "lead3":
-        settings: dict = {"splitter": sentence_splitter_name()}
-    else:
-        m, g = cfg.model, cfg.generation
-        settings = {
-            "base_model": m.base_model,
-            "quantization": m.quantization,
-            "template": "chat" if system == "base_chat" else cfg.data.prompt_template,
-            "max_length": cfg.data.max_length,
-            "dtype": [m.dtype, m.device],
-            # repetition control over generated tokens only (not the old whole-input one)
-            "generation": {k: v for k, v in dataclasses.asdict(g).items() if k != "generation_batch_size"},
-            "decoding": "generated-only-v2",
-        }
-        if system == "adapter":
-            weights = sorted(Path(m.adapter or "").expanduser().glob("adapter_model.*"))
-            settings["adapter"] = [str(Path(m.adapter or "").expanduser().resolve()), m.merge_adapter]
-            settings["adapter_mtime"] = [w.stat().st_mtime_ns for w in weights]
-    settings["system"] = system
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        return value_hash({"system": system, "splitter": sentence_splitter_name()})
+    if system != "adapter":
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapter=None))
+    extra = {"system": system, "template": "chat" if system == "base_chat" else "prompt_template",
+             "decoding": "generated-only-v2"}  # repetition control over generated tokens only
+    return settings_hash(cfg, resolved=resolved_runtime(cfg.model), extra=extra, scope=GENERATIONS)
 
 
 # --- reading and appending -------------------------------------------------------------
@@ -133,7 +124,8 @@ def read_generations(path: Path, setups: dict[str, str]) -> dict[tuple[str, str]
         if rec.get("error") is None:
             done[key] = rec
     if stale:
-        log.warning("ignoring %d earlier outputs in %s made with other settings", stale, path)
+        log.warning("ignoring %d earlier outputs in %s made with other settings (or by an older version): "
+                    "generating them again", stale, path)
     return done
 
 

@@ -37,8 +37,9 @@ Files in --out-dir (alias --eval-output-dir; default outputs/longdocs, or
 outputs/longdocs_joined; the config's eval_output_dir is evaluate's and is not used here):
     longdoc_generations.jsonl  one line per (system, document), flushed as each finishes.
                                A rerun redoes only documents missing, failed, or made with
-                               other settings (model, adapter + weights mtime, templates,
-                               max_length, generation, chunking) or other document text.
+                               other settings (core.fingerprint: every key that can change a
+                               summary, the adapter's files, the resolved dtype and device)
+                               or other document text.
     per_document.jsonl         each document's summaries, scores and article coverage.
     results.json, results.md   per system: ROUGE recall/F1, words, s/doc, failures; the CI
                                of the difference; in joined mode the coverage table. The
@@ -55,9 +56,6 @@ evaluation.longdocs_report (scores and files), generations_log.LongdocLog (resum
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
 import logging
 import os
 import sys
@@ -68,6 +66,7 @@ from typing import Optional
 from core.config import Config, ConfigError
 from core.flags import add_config_flags, config_from_args
 from core.errors import UserError, typed_line
+from core.fingerprint import SUMMARIES, check_runtime, settings_hash, value_hash
 from core.rouge import sentence_splitter_name
 from evaluation.coverage import lead_k, leadk_budget, paragraph_leads
 from evaluation.longdocs_systems import bar as bar_for
@@ -89,35 +88,27 @@ DEFAULT_OUT_DIRS = {"longdocs": "outputs/longdocs", "joined": "outputs/longdocs_
 # --- settings -------------------------------------------------------------------------
 
 
-# mapreduce keys that only schedule work; every other key of the section can change a summary
-_SCHEDULING_KEYS = ("num_workers", "num_gpus_per_worker", "num_cpus_per_worker", "ray_address", "max_task_retries")
-
-
-def _short_hash(value) -> str:
-    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def model_setups(cfg: Config) -> dict[str, str]:
-    """Settings hashes of the model systems, built on the batch job's and evaluate's fingerprints.
+    """core.fingerprint's settings hashes of the model systems.
 
-    The whole mapreduce section (less scheduling) is hashed too, so a key added there later
-    (e.g. a length target) cannot silently reuse summaries made without it.
+    mapreduce: every summary-changing key (core.fingerprint.SUMMARIES); the dtype and device
+    its Ray workers resolve are recorded beside each summary and checked in run_mapreduce.
+    truncate: evaluate's hash of the same model, resolved in this process, where it runs.
     """
     from evaluation.generations_log import system_setup
-    from mapreduce.batch import setup_fingerprint
 
-    section = {k: v for k, v in dataclasses.asdict(cfg.mapreduce).items() if k not in _SCHEDULING_KEYS}
     truncate = system_setup(cfg, "adapter" if cfg.model.adapter else "base")
     return {
-        "mapreduce": "mr-" + _short_hash([setup_fingerprint(cfg), section]),
+        "mapreduce": "mr-" + settings_hash(cfg, scope=SUMMARIES),
         "truncate": "tr-" + truncate,
-        "whole": "wh-" + _short_hash([truncate, cfg.mapreduce.summary_words, "whole-v1"]),
+        "whole": "wh-" + value_hash([truncate, cfg.mapreduce.summary_words, "whole-v1"]),
     }
 
 
 def leadk_setup(words: int, system: str = "leadk") -> str:
     """A baseline's settings: the splitter and the word budget are all that change its output."""
-    return f"{'lk' if system == 'leadk' else 'pl'}-{sentence_splitter_name()}-{words}"
+    prefix = "lk-" if system == "leadk" else "pl-"
+    return prefix + value_hash({"splitter": sentence_splitter_name(), "words": words})
 
 
 # --- the systems ----------------------------------------------------------------------
@@ -138,9 +129,12 @@ def run_mapreduce(cfg: Config, todo: list[LongDoc], out: LongdocLog, setup: str,
     with bar_for("mapreduce", len(todo), progress) as bar:
         say = lambda message: bar.write(message, file=sys.stderr)  # noqa: E731
         with open_engine(cfg, on_progress=on_progress, say=say) as engine:
+            earlier = [r.get("runtime") for r in out.latest.values() if r["system"] == "mapreduce"
+                       and r["setup"] == setup and r.get("error") is None]
+            check_runtime(earlier, engine.runtime, str(out.path), "pass another --out-dir to start fresh")
             for result in engine.run((d.id, d.text) for d in todo):
                 out.add("mapreduce", by_id[result.doc_id], setup, summary=result.summary, error=result.error,
-                        seconds=result.timings.get("total_s"), tokens=result.tokens)
+                        seconds=result.timings.get("total_s"), tokens=result.tokens, runtime=engine.runtime)
                 bar.update(1)
 
 

@@ -10,22 +10,20 @@ The corpus is streamed (JSONL, JSONL.gz, or a directory of .txt/.md files); chun
 documents go to the actor pool together (mapreduce.engine). Each finished document is
 appended to the output and flushed at once, so a crash or Ctrl-C loses only documents in
 flight; rerunning the same command skips the ids already done, and starts no Ray and no
-model when nothing is left. Bad rows (malformed JSON, missing or empty text, duplicate id)
-become `error` lines with their line number and the job goes on. The exit code is
-non-zero when any document failed.
+model when nothing is left. Bad rows (malformed JSON, a line that is not UTF-8, missing or
+empty text, duplicate id) become `error` lines with their line number and the job goes on.
+The exit code is non-zero when any document failed.
 
 The output is guarded: it must not be the input, a symlink, a device/FIFO/directory, or an
 existing file that is not a batch output; one job at a time writes it (`<output>.lock`);
-and a rerun whose settings (`setup` fingerprint on every row) differ refuses to mix them in.
+and a rerun whose settings differ refuses to mix them in: every row carries the `setup`
+hash (core.fingerprint) and the `runtime` its workers resolved (dtype, device type).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import itertools
-import json
 import os
 import sys
 import time
@@ -33,12 +31,14 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from core.config import Config
+from core.fingerprint import check_runtime, settings_hash
 from core.flags import add_config_flags, config_from_args
 from core.errors import UserError
 from mapreduce.corpus import (
     BadRow,
     CorpusError,
     Document,
+    OutputWriteError,
     OutputWriter,
     check_output_path,
     compact_output,
@@ -78,36 +78,6 @@ def _check_output_writable(path: Path) -> None:
         raise CorpusError(f"cannot create the directory of --output {path}: {exc.strerror}") from None
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise CorpusError(f"output not writable: {path}")
-
-
-def setup_fingerprint(cfg: Config) -> str:
-    """Short sha1 of every setting that changes a summary, so a rerun never mixes two setups."""
-    adapter = cfg.model.adapter
-    weights: dict[str, int] = {}
-    if adapter:
-        folder = Path(adapter).expanduser()
-        weights = {p.name: p.stat().st_mtime_ns for p in sorted(folder.glob("adapter_model.*")) if p.is_file()}
-    generation = dataclasses.asdict(cfg.generation)
-    generation.pop("generation_batch_size", None)  # batching does not change what is generated
-    settings = {
-        "base_model": cfg.model.base_model,
-        "dtype": cfg.model.dtype,  # bf16 and fp32 greedy outputs differ in places
-        "quantization": cfg.model.quantization,
-        "adapter": os.path.normpath(adapter) if adapter else None,
-        "adapter_weights_mtime_ns": weights,
-        "prompt_template": cfg.data.prompt_template,
-        "reduce_template": cfg.mapreduce.reduce_template,
-        "max_length": cfg.data.max_length,
-        "generation": generation,
-        "chunk_size": cfg.mapreduce.chunk_size,
-        "chunk_overlap": cfg.mapreduce.chunk_overlap,
-        "max_reduce_depth": cfg.mapreduce.max_reduce_depth,
-        "summary_words": cfg.mapreduce.summary_words,
-        "min_support": cfg.mapreduce.min_support,
-        "map_max_new_tokens": cfg.map_token_cap,
-    }
-    blob = json.dumps(settings, sort_keys=True, default=str).encode()
-    return hashlib.sha1(blob).hexdigest()[:12]
 
 
 class _Tally:
@@ -178,11 +148,12 @@ def run_batch(cfg: Config, input_path: Path, output_path: Path, progress: bool =
 
     check_output_path(output_path, input_path)
     _check_output_writable(output_path)
-    setup = setup_fingerprint(cfg)
+    setup = settings_hash(cfg)  # the resolved dtype/device only the workers know: `runtime` on each row
     tally = _Tally()
     with output_lock(output_path):
         total = count_rows(input_path)  # also fails early on an unreadable input
-        done = compact_output(output_path, setup)
+        runtimes: list = []
+        done = compact_output(output_path, setup, runtimes)
         bar = tqdm(total=total, unit="doc", desc="documents", disable=not progress, file=sys.stderr,
                    dynamic_ncols=True)
         with bar, OutputWriter(output_path, setup) as out:
@@ -194,6 +165,9 @@ def run_batch(cfg: Config, input_path: Path, output_path: Path, progress: bool =
             from mapreduce.engine import open_engine
 
             with open_engine(cfg, say=_say) as engine:
+                check_runtime(runtimes, engine.runtime, f"--output {output_path}",
+                              "pass another --output to start fresh beside it")
+                out.runtime = engine.runtime
                 for result in engine.run(itertools.chain([first], docs)):
                     run.write_result(result)
     return tally
@@ -215,7 +189,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not input_path.exists():
             raise CorpusError(f"input not found: {input_path}")
         tally = run_batch(cfg, input_path, output_path, progress=not args.no_progress)
-    except (WorkerError, OSError) as exc:  # the pool died, or a full disk: the run stopped midway
+    except (WorkerError, OutputWriteError, OSError) as exc:  # the pool died, or a full disk: stopped midway
         _say(f"error: {exc}; finished documents are in {output_path}, rerun the same command to resume")
         return 1
     except UserError as exc:

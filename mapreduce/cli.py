@@ -4,9 +4,10 @@
     cat report.txt | python -m mapreduce.cli summarize - --json > report.json
 
 Inputs are checked before Ray starts or a model loads: a missing file, an empty or
-whitespace-only text, binary or non-UTF-8 bytes each stop the run with one `error:` line.
-Summaries go to stdout (plain text, or JSON with the chunk/level tree); progress, Ray
-start-up and the total time go to stderr.
+whitespace-only text, binary or non-UTF-8 bytes, a document over max_document_tokens each
+stop the run with one `error:` line. Summaries go to stdout (plain text, or JSON with the
+chunk/level tree); progress, Ray start-up and the total time go to stderr. A stdout that
+cannot be written (a full disk) is one `error:` line and exit 1.
 """
 
 from __future__ import annotations
@@ -122,20 +123,42 @@ class _ProgressBar:
             self.bar.close()
 
 
-def check_input_sizes(cfg, texts: dict[str, str]) -> None:
-    """Refuse an oversized input before Ray or a model starts (hours of work are asked for)."""
-    from core.models import load_tokenizer
+def check_input_sizes(cfg, texts: dict[str, str], chunker) -> dict[str, int]:
+    """Each input's tokens, counted once with the engine's chunker (the engine reuses them);
+    an oversized input is refused before Ray or a model starts (hours of work are asked for)."""
     from mapreduce.document import check_document_size
 
-    if not cfg.mapreduce.max_document_tokens:
-        return
-    tokenizer = load_tokenizer(cfg.model)
+    counts = {}
     for name, text in texts.items():
-        tokens = len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        counts[name] = chunker.count_tokens(text)
         try:
-            check_document_size(tokens, cfg)
+            check_document_size(counts[name], cfg)
         except ValueError as exc:
             raise InputError(f"{'<stdin>' if name == '-' else name}: {exc}") from None
+    return counts
+
+
+class OutputError(UserError):
+    """stdout could not be written (a full disk, a closed pipe); one line for the user."""
+
+
+def write_stdout(text: str) -> None:
+    """Print to stdout; OutputError (one line, no traceback) if it cannot be written.
+
+    After a failure stdout is pointed at /dev/null, so the interpreter's own flush at exit
+    does not print a second error about the same bytes.
+    """
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise OutputError(f"cannot write the summaries to stdout: {exc.strerror or exc}") from None
 
 
 @contextmanager
@@ -163,25 +186,20 @@ def summarize(args: argparse.Namespace) -> int:
     if args.inputs.count("-") > 1:
         raise InputError("'-' (stdin) can be given only once")
     texts = {name: read_input(name) for name in dict.fromkeys(args.inputs)}
-    check_input_sizes(cfg, texts)
 
-    from mapreduce.engine import open_engine
+    from mapreduce.engine import open_engine, prepare_engine
 
+    chunker = prepare_engine(cfg)  # tokenizer, chunk budget, adapter: checked once, before Ray
+    counts = check_input_sizes(cfg, texts, chunker)
     bar = _ProgressBar(enabled=not args.no_progress)
     try:
-        with stdout_to_stderr(), open_engine(cfg, on_progress=bar, say=_say) as engine:
-            results = {r.doc_id: r for r in engine.run(texts.items())}
+        with stdout_to_stderr(), open_engine(cfg, on_progress=bar, say=_say, chunker=chunker) as engine:
+            results = {r.doc_id: r for r in engine.run(texts.items(), token_counts=counts)}
     finally:
         bar.close()
 
     ordered = [results[name] for name in texts]
-    if args.json:
-        payload = [dict(r.to_dict(tree=True), source=r.doc_id) for r in ordered]
-        print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2, ensure_ascii=False))
-    else:
-        for r in ordered:
-            if r.ok:
-                print(f"==> {r.doc_id} <==\n{r.summary}\n" if len(ordered) > 1 else r.summary)
+    write_stdout(_render(ordered, args.json))
     failed = [r for r in ordered if not r.ok]
     for r in failed:
         _say(f"error: {r.doc_id}: {r.error}")
@@ -189,6 +207,16 @@ def summarize(args: argparse.Namespace) -> int:
     _say(f"summarized {len(ordered) - len(failed)}/{len(ordered)} document(s), {chunks} chunks, "
          f"in {time.perf_counter() - started:.1f}s total")
     return 1 if failed else 0
+
+
+def _render(ordered: list, as_json: bool) -> str:
+    """What stdout gets: the JSON (one object, or a list), or the summaries (headed when several)."""
+    if as_json:
+        payload = [dict(r.to_dict(tree=True), source=r.doc_id) for r in ordered]
+        return json.dumps(payload[0] if len(payload) == 1 else payload, indent=2, ensure_ascii=False) + "\n"
+    if len(ordered) == 1:
+        return f"{ordered[0].summary}\n" if ordered[0].ok else ""
+    return "".join(f"==> {r.doc_id} <==\n{r.summary}\n\n" for r in ordered if r.ok)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,8 @@
 
 Inputs: JSONL, JSONL.gz, or a directory of .txt/.md files, read one line (one file) at a
 time so the corpus is never held in memory. A row that cannot be summarized (malformed
-JSON, missing or empty text, a duplicate id) comes out as a `BadRow` carrying its line
-number, and the stream goes on.
+JSON, a line that is not UTF-8, missing or empty text, a duplicate id) comes out as a
+`BadRow` carrying its line number, and the stream goes on.
 
 Output: one JSON line per input document, appended and flushed as each finishes, each
 stamped with the `setup` fingerprint of the settings that made it. On a rerun the file is
@@ -50,10 +50,9 @@ class BadRow:
 Row = Union[Document, BadRow]
 
 
-def _open_text(path: Path):
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="strict")
-    return open(path, "r", encoding="utf-8", errors="strict")
+def _open_bytes(path: Path):
+    """Lines as bytes: each line is decoded on its own, so one bad byte fails one row, not the job."""
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
 def _dir_files(path: Path) -> list[Path]:
@@ -64,10 +63,10 @@ def count_rows(path: Path) -> int:
     """Non-blank lines (or files): the progress bar's total, in one cheap streaming pass."""
     if path.is_dir():
         return len(_dir_files(path))
-    with _open_text(path) as f:
+    with _open_bytes(path) as f:
         try:
             return sum(1 for line in f if line.strip())
-        except (UnicodeDecodeError, OSError, EOFError) as exc:
+        except (OSError, EOFError) as exc:
             raise CorpusError(f"cannot read {path}: {exc}") from None
 
 
@@ -100,42 +99,45 @@ def _iter_dir(path: Path) -> Iterator[Row]:
 
 def _iter_jsonl(path: Path, id_field: str, text_field: str) -> Iterator[Row]:
     first_line_of: dict[str, int] = {}
-    with _open_text(path) as f:
+    with _open_bytes(path) as f:
         number = 0
         while True:
             try:
-                raw = f.readline()
-            except UnicodeDecodeError:
-                raise CorpusError(f"{path}: not UTF-8 text after line {number}") from None
+                raw_bytes = f.readline()
             except (OSError, EOFError) as exc:
                 raise CorpusError(f"{path}: unreadable after line {number} ({exc})") from None
-            if not raw:
+            if not raw_bytes:
                 return
             number += 1
-            if not raw.strip():
+            if not raw_bytes.strip():
                 continue
             try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                yield BadRow(number, f"malformed JSON ({exc.msg})")
+                raw = raw_bytes.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield BadRow(number, f"not UTF-8 text (invalid byte at offset {exc.start} of the line)")
                 continue
-            if not isinstance(row, dict):
-                yield BadRow(number, "not a JSON object")
-                continue
-            doc_id = row.get(id_field)
-            if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
-                yield BadRow(number, f"missing id field '{id_field}'")
-                continue
-            doc_id = str(doc_id)
-            if doc_id in first_line_of:
-                yield BadRow(number, f"duplicate id {doc_id!r} (first on line {first_line_of[doc_id]})")
-                continue
-            first_line_of[doc_id] = number
-            text = row.get(text_field)
-            if not isinstance(text, str) or not text.strip():
-                yield BadRow(number, f"missing or empty text field '{text_field}'", doc_id)
-                continue
-            yield Document(doc_id, text, number)
+            yield _json_row(raw, number, id_field, text_field, first_line_of)
+
+
+def _json_row(raw: str, number: int, id_field: str, text_field: str, first_line_of: dict[str, int]) -> Row:
+    """One input line as a Document, or the BadRow saying why it cannot be summarized."""
+    try:
+        row = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return BadRow(number, f"malformed JSON ({exc.msg})")
+    if not isinstance(row, dict):
+        return BadRow(number, "not a JSON object")
+    doc_id = row.get(id_field)
+    if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
+        return BadRow(number, f"missing id field '{id_field}'")
+    doc_id = str(doc_id)
+    if doc_id in first_line_of:
+        return BadRow(number, f"duplicate id {doc_id!r} (first on line {first_line_of[doc_id]})")
+    first_line_of[doc_id] = number
+    text = row.get(text_field)
+    if not isinstance(text, str) or not text.strip():
+        return BadRow(number, f"missing or empty text field '{text_field}'", doc_id)
+    return Document(doc_id, text, number)
 
 
 def row_key(record: dict) -> str:
@@ -218,12 +220,13 @@ def _output_rows(path: Path) -> Iterator[dict]:
                 )
 
 
-def compact_output(path: Path, setup: str) -> set[str]:
+def compact_output(path: Path, setup: str, runtimes: Optional[list] = None) -> set[str]:
     """Keep only the finished (`ok`) lines of an earlier run; return their keys.
 
     Refuses (CorpusError, file untouched) a file that is not this job's output, or whose
     finished rows were made with another `setup`. Rewritten through a temp file renamed
-    over the original, so a crash here loses nothing.
+    over the original, so a crash here loses nothing. `runtimes` collects each kept row's
+    `runtime` (the dtype and device its workers resolved), for the caller to check.
     """
     if not path.exists():
         return set()
@@ -232,12 +235,15 @@ def compact_output(path: Path, setup: str) -> set[str]:
     for record in _output_rows(path):
         if record["status"] == "ok" and record.get("setup") != setup:
             raise CorpusError(
-                f"--output {path} was made with other settings (model, adapter, templates or generation "
-                "differ); pass another --output to keep both"
+                f"--output {path} was made with other settings (model, adapter, templates, generation or "
+                "map-reduce settings differ, or an older version of this job wrote it): pass another --output "
+                "to start fresh beside it, or delete this one to redo it"
             )
         if record["status"] == "ok" and row_key(record) not in done:
             done.add(row_key(record))
             kept.append(json.dumps(record, ensure_ascii=False))
+            if runtimes is not None:
+                runtimes.append(record.get("runtime"))
     _rewrite(path, kept)
     return done
 
@@ -252,21 +258,38 @@ def _rewrite(path: Path, lines: list[str]) -> None:
     os.replace(tmp, path)
 
 
-class OutputWriter:
-    """Appends one JSON line per document, stamped with `setup`, and flushes it at once."""
+class OutputWriteError(CorpusError):
+    """--output could not be written (a full disk, a lost mount); one line for the user."""
 
-    def __init__(self, path: Path, setup: str):
+
+class OutputWriter:
+    """Appends one JSON line per document, stamped with `setup` and `runtime`, and flushes it at once.
+
+    A failed write (a full disk) is an OutputWriteError naming the file; the rows written
+    before it stay, and at most the one cut short is dropped by the next run's compaction.
+    """
+
+    def __init__(self, path: Path, setup: str, runtime: Optional[dict] = None):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._setup = setup
+        self.runtime = runtime  # the workers' resolved dtype and device, once known
         self._file = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps({**record, "setup": self._setup}, ensure_ascii=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        line = json.dumps({**record, "setup": self._setup, "runtime": self.runtime}, ensure_ascii=False) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise OutputWriteError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # the failed write's bytes, flushed again: already reported
+            pass
 
     def __enter__(self) -> "OutputWriter":
         return self

@@ -167,8 +167,8 @@ class DocumentSteps:
                                  sources=[c.text for c in chunks], min_support=mr.min_support,
                                  mode=mr.reduce, fanin=mr.merge_fanin)
 
-    def start(self, doc_id: str, text: str, seq: int = 0) -> "DocumentJob":
-        return DocumentJob(self, seq, str(doc_id), text)
+    def start(self, doc_id: str, text: str, seq: int = 0, tokens: Optional[int] = None) -> "DocumentJob":
+        return DocumentJob(self, seq, str(doc_id), text, document_tokens=tokens)  # tokens: counted already
 
     def run(self, doc_id: str, text: str, summarize: Summarize) -> DocumentResult:
         """The in-process executor: one document start to finish, each level in one
@@ -236,7 +236,8 @@ class DocumentJob:
         steps = self.steps
         self.text = document_text(self.text)
         check_has_words(self.text)
-        self.document_tokens = steps.chunker.count_tokens(self.text)
+        if self.document_tokens is None:
+            self.document_tokens = steps.chunker.count_tokens(self.text)
         check_document_size(self.document_tokens, steps.cfg)
         t0 = time.perf_counter()
         self.chunks = steps.chunk(self.text)

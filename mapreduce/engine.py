@@ -2,39 +2,29 @@
 
 Public API (the CLI, the batch job and the benchmarks build on exactly this):
 
-    from mapreduce.engine import open_engine, MapReduceEngine, DocumentResult
+    from mapreduce.engine import prepare_engine, open_engine, MapReduceEngine, DocumentResult
 
-    with open_engine(cfg, on_progress=None) as engine:   # checks, Ray, WorkerPool, models loaded
+    chunker = prepare_engine(cfg)                        # no Ray: tokenizer, chunk budget, adapter fit
+    with open_engine(cfg, chunker=chunker) as engine:    # Ray, WorkerPool, models loaded
+        engine.runtime                                   # {"device": "cpu", "dtype": "bfloat16"}: every worker's
         result = engine.summarize(text, doc_id="a")      # one document, blocking
-        for result in engine.run(docs):                  # docs: Iterable[(doc_id, text)], lazily read
+        for result in engine.run(docs, token_counts=None):   # docs: Iterable[(doc_id, text)], lazily read
             result.doc_id, result.summary, result.error      # error is None on success
             result.tokens, result.timings, result.tree       # tree: chunk spans + every level
-            result.to_dict(tree=True)                        # JSON-ready
 
     # or by hand: init_ray(cfg); pool = WorkerPool(cfg); pool.wait_ready()   (mapreduce.pool)
     engine = MapReduceEngine(cfg, pool, on_progress=None)
 
 A document's levels (chunking, map, collapse-k, final; timings and the result) are
 mapreduce.document's, with no Ray; this module only schedules their level inputs (a text
-and its template) onto the pool's workers.
-
-Scheduling: `run` keeps up to `batch.max_docs_in_flight` documents open. Every text that
-needs summarizing (a chunk, or a group of summaries) goes to one queue, ordered by
-document then level, so older documents finish first while newer ones fill idle workers.
-Batches of up to `generation_batch_size` texts sharing a template - chunks of several
-documents mixed together - go to the least busy actor, at most two calls per actor in
-flight so none waits between batches. `ray.wait` returns whichever call finishes first;
-each document advances to its next level on its own, and its result is yielded as soon as
-it is finished, so results come out in completion order, not input order.
+and its template) onto the pool's workers (see `run` and `_dispatch`).
 
 Failures: Ray restarts a crashed actor and retries its call (max_restarts,
-max_task_retries). A batch that still fails is split and its texts retried one by one
-(on another actor where there is one), so one bad text cannot fail its neighbours; a text
-that fails alone fails its document: an error result (summary None, error set) is
-yielded and the stream goes on. Text is never silently dropped: chunks always fit the
-prompt, a reduce that cannot finish is an error, and a summary the model leaves empty
-(even when retried with a minimum length) fails its document rather than dropping its part. If every actor is dead, `run` raises
-WorkerError (documents still in flight get no result; a resumable caller redoes them).
+max_task_retries). A batch that still fails, or takes longer than `call_timeout_s`, is
+split and its texts retried one by one (on another actor where there is one), so one bad
+text cannot fail its neighbours; a text that fails alone fails its document: an error
+result is yielded and the stream goes on. Text is never silently dropped. If no actor is
+left (dead, or not back within `start_timeout_s`), `run` raises WorkerError.
 """
 
 from __future__ import annotations
@@ -59,10 +49,15 @@ from mapreduce.document import (  # noqa: F401  DocumentResult, Progress, check_
     Progress,
     check_document_size,
 )
-from mapreduce.pool import WorkerError, WorkerPool, short_error
+from mapreduce.pool import WorkerError, WorkerPool, pool_runtime, short_error, worker_logs_hint
 from mapreduce.reduce import ReduceError
 
 TASKS_PER_WORKER = 2  # one call running, one queued behind it: no idle gap between batches
+clock = time.monotonic  # call deadlines (tests replace it)
+
+
+class CallTimeout(RuntimeError):
+    """A call took longer than call_timeout_s: it counts as a failed call."""
 
 
 @dataclass(eq=False)
@@ -74,30 +69,16 @@ class _Item:
     avoid: set = field(default_factory=set)  # workers that failed it
 
     @property
-    def text(self) -> str:
-        return self.input.text
-
-    @property
-    def template(self) -> str:
-        return self.input.template
-
-    @property
     def call_kind(self) -> tuple:
         """Texts batch together only with the same prompt template and token cap."""
         return (self.input.template, self.input.max_new_tokens)
-
-    @property
-    def live(self) -> bool:
-        return self.input.live
-
-    def priority(self) -> tuple[int, int, int]:
-        return self.input.priority()
 
 
 @dataclass(eq=False)
 class _Call:
     worker: int
     items: list[_Item]
+    submitted: float = field(default_factory=lambda: clock())  # call_timeout_s counts from here
 
 
 @dataclass(eq=False)
@@ -106,6 +87,7 @@ class _RunState:
 
     source: Iterator[tuple[str, str]]
     load: list[int]
+    token_counts: dict = field(default_factory=dict)  # doc id -> tokens, where the caller counted them
     exhausted: bool = False
     seq: Iterator[int] = field(default_factory=itertools.count)
     active: dict[int, DocumentJob] = field(default_factory=dict)
@@ -140,10 +122,7 @@ class MapReduceEngine:
         self.chunker = chunker
         self.batch_size = cfg.generation.generation_batch_size
         self.max_docs_in_flight = max(1, cfg.batch.max_docs_in_flight)
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens a text costs inside the reduce prompt (the unit of the reduce budget)."""
-        return self.steps.count_tokens(text)
+        self.runtime: Optional[dict] = None  # the workers' resolved device and dtype (open_engine sets it)
 
     # --- public ------------------------------------------------------------------------
 
@@ -151,32 +130,74 @@ class MapReduceEngine:
         (result,) = self.run([(doc_id, text)])
         return result
 
-    def run(self, docs: Iterable[tuple[str, str]]) -> Iterator[DocumentResult]:
-        """Results for every (doc_id, text), in completion order; failures are error results."""
-        run = _RunState(iter(docs), [0] * len(self.pool))
+    def run(self, docs: Iterable[tuple[str, str]], token_counts: Optional[dict] = None) -> Iterator[DocumentResult]:
+        """Results for every (doc_id, text), in completion order; failures are error results.
+
+        `token_counts` (doc id -> tokens) spares counting a document the caller already counted.
+        """
+        run = _RunState(iter(docs), [0] * len(self.pool), dict(token_counts or {}))
         try:
             while True:
                 yield from self._admit(run)
                 self._dispatch(run.queue, run.inflight, run.load)
                 if not run.inflight:
-                    if run.queue:
-                        raise WorkerError("every worker has died; cannot go on")
                     if run.exhausted and not run.active:
                         return
-                    continue
-                timeout = self.cfg.mapreduce.call_timeout_s
-                ready, _ = ray.wait(list(run.inflight), num_returns=1, timeout=timeout or None)
-                if not ready:
-                    raise WorkerError(f"no worker answered within {timeout:g}s (call_timeout_s): a hung worker? "
-                                      "raise --call-timeout-s for a slow model")
-                for ref in ready:
-                    yield from self._collect(run, ref)
+                    if not run.queue:
+                        continue
+                    if not self.pool.pings:
+                        raise WorkerError(f"every worker has died; cannot go on ({worker_logs_hint()})")
+                for ref in self._wait(run):
+                    if ref in self.pool.pings:
+                        self.pool.ping_answered(ref)
+                    else:
+                        yield from self._collect(run, ref)
+                yield from self._expire(run)
         finally:
             for ref in run.inflight:
                 try:
                     ray.cancel(ref)
                 except Exception:
                     pass
+
+    def _wait(self, run: _RunState) -> list:
+        """The first call or ping to finish; waits no later than the oldest call's deadline.
+
+        With no call in flight (every worker left is being pinged), a worker has
+        start_timeout_s to come back before the run gives up.
+        """
+        mr = self.cfg.mapreduce
+        if run.inflight:
+            oldest = min(call.submitted for call in run.inflight.values())
+            timeout = max(0.0, oldest + mr.call_timeout_s - clock()) if mr.call_timeout_s else None
+        else:
+            timeout = mr.start_timeout_s or None
+        ready, _ = ray.wait(list(run.inflight) + list(self.pool.pings), num_returns=1, timeout=timeout)
+        if not ready and not run.inflight:
+            raise WorkerError(f"no worker came back within {timeout:g}s (start_timeout_s) after failed calls; "
+                              f"{worker_logs_hint()}")
+        return ready
+
+    def _expire(self, run: _RunState) -> Iterator[DocumentResult]:
+        """Calls past call_timeout_s are cancelled and fail like any call (a hung worker gets pinged)."""
+        limit = self.cfg.mapreduce.call_timeout_s
+        if not limit:
+            return
+        now = clock()
+        for ref, call in list(run.inflight.items()):
+            if now - call.submitted < limit:
+                continue
+            del run.inflight[ref]
+            run.load[call.worker] -= 1
+            try:
+                ray.cancel(ref)
+            except Exception:
+                pass
+            exc = CallTimeout(f"no answer within {limit:g}s (call_timeout_s): a hung worker? "
+                              "raise --call-timeout-s for a slow model")
+            for job in self._call_failed(call, exc, run.queue, timed_out=True):
+                run.active.pop(job.seq, None)
+                yield job.result
 
     def _admit(self, run: _RunState) -> Iterator[DocumentResult]:
         """Open documents from the source up to max_docs_in_flight; yields those that fail to open."""
@@ -186,7 +207,7 @@ class MapReduceEngine:
             except StopIteration:
                 run.exhausted = True
                 return
-            job = self.steps.start(doc_id, text, seq=next(run.seq))
+            job = self.steps.start(doc_id, text, seq=next(run.seq), tokens=run.token_counts.get(doc_id))
             try:
                 run.queue.extend(_Item(it) for it in job.open())
             except (TypeError, ValueError, ReduceError) as exc:
@@ -215,16 +236,19 @@ class MapReduceEngine:
         """Put a call's summaries in place; return the jobs whose level just completed."""
         completed = []
         for item, text in zip(call.items, outputs):
-            if item.live and item.input.job.put(item.input.index, text):
+            if item.input.live and item.input.job.put(item.input.index, text):
                 completed.append(item.input.job)
         return completed
 
-    def _call_failed(self, call: _Call, exc: Exception, queue: list[_Item]) -> list[DocumentJob]:
-        """Retry a failed batch text by text; a text that fails alone fails its document (returned)."""
-        if isinstance(exc, ray.exceptions.RayActorError):
-            self.pool.check_alive(call.worker)
-        live = [it for it in call.items if it.live]
-        if len(call.items) > 1:
+    def _call_failed(self, call: _Call, exc: Exception, queue: list[_Item], timed_out: bool = False) -> list[DocumentJob]:
+        """Retry a failed batch text by text; a text that fails alone fails its document (returned).
+
+        A timed-out call is retried alone once even when it held one text: the worker may be the culprit.
+        """
+        if timed_out or isinstance(exc, ray.exceptions.RayActorError):
+            self.pool.check_alive(call.worker)  # no new work for it until it answers
+        live = [it for it in call.items if it.input.live]
+        if len(call.items) > 1 or (timed_out and not any(it.solo for it in live)):
             for item in live:
                 item.solo = True
                 item.avoid.add(call.worker)
@@ -241,14 +265,21 @@ class MapReduceEngine:
     # --- scheduling --------------------------------------------------------------------
 
     def _dispatch(self, queue: list[_Item], inflight: dict, load: list[int]) -> None:
-        """Send queued texts to free workers: oldest document first, batches of one template and cap."""
-        queue[:] = [it for it in queue if it.live]
-        live = [w for w in range(len(self.pool)) if self.pool.alive[w]]
+        """Send queued texts to free workers: oldest document first, batches of one template and cap.
+
+        `run` keeps up to `batch.max_docs_in_flight` documents open; every text to summarize (a
+        chunk, or a group of summaries) waits in one queue, ordered by document then level, so
+        older documents finish first while newer ones fill idle workers. A batch of up to
+        `generation_batch_size` texts (chunks of several documents mixed) goes to the least busy
+        usable actor, at most TASKS_PER_WORKER calls each; results come in completion order.
+        """
+        queue[:] = [it for it in queue if it.input.live]
+        live = [w for w in range(len(self.pool)) if self.pool.usable(w)]
         while queue and live:
             free = [w for w in live if load[w] < TASKS_PER_WORKER]
             if not free:
                 return
-            queue.sort(key=_Item.priority)
+            queue.sort(key=lambda it: it.input.priority())
             head = queue[0]
             if head.solo:
                 batch = [head]
@@ -260,28 +291,37 @@ class MapReduceEngine:
             worker = min(preferred, key=lambda w: load[w])
             taken = set(map(id, batch))
             queue[:] = [it for it in queue if id(it) not in taken]
-            ref = self.pool.submit(worker, [it.text for it in batch], head.template, head.input.max_new_tokens)
+            ref = self.pool.submit(worker, [it.input.text for it in batch], head.input.template, head.input.max_new_tokens)
             inflight[ref] = _Call(worker, batch)
             load[worker] += 1
 
 
+def prepare_engine(cfg: Config) -> Chunker:
+    """Everything checked without Ray, once: the tokenizer, the Chunker (ConfigError if chunks
+    cannot fit the prompt) and the adapter (dir, adapter_config.json, weights against the base)."""
+    from core.models import check_adapter_fits, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model, padding_side="left")
+    chunker = Chunker.from_config(tokenizer, cfg)
+    if cfg.model.adapter:
+        check_adapter_fits(cfg.model)  # before Ray: a mismatch is one line, not worker tracebacks
+    return chunker
+
+
 @contextmanager
-def open_engine(cfg: Config, on_progress: Optional[Callable[[Progress], None]] = None, say=None):
+def open_engine(cfg: Config, on_progress: Optional[Callable[[Progress], None]] = None, say=None,
+                chunker: Optional[Chunker] = None):
     """A ready engine on a fresh worker pool; the pool (and Ray, if started here) closed on exit.
 
-    Everything that can be checked without Ray (model files, adapter dir, chunk budget)
-    is checked first, so a bad input fails in a second rather than after Ray starts.
+    `chunker` is prepare_engine's (run here when not given), so a bad input fails in a
+    second rather than after Ray starts. WorkerError if the workers resolved `dtype`/`device`
+    differently (engine.runtime holds what they all resolved).
     """
-    from core.models import check_adapter_dir, check_adapter_fits, load_tokenizer
     from mapreduce.pool import init_ray
 
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     started = time.perf_counter()
-    tokenizer = load_tokenizer(cfg.model, padding_side="left")
-    chunker = Chunker.from_config(tokenizer, cfg)  # ConfigError if chunks cannot fit, before Ray
-    if cfg.model.adapter:
-        check_adapter_dir(cfg.model.adapter)
-        check_adapter_fits(cfg.model)  # before Ray: a mismatch is one line, not worker tracebacks
+    chunker = chunker or prepare_engine(cfg)
     started_ray = init_ray(cfg)
     pool = None
     try:
@@ -290,9 +330,12 @@ def open_engine(cfg: Config, on_progress: Optional[Callable[[Progress], None]] =
         if pool.waiting_note:
             say(pool.waiting_note)
         infos = pool.wait_ready(timeout=cfg.mapreduce.start_timeout_s or None)
-        say("workers ready: " + ", ".join(f"{i['device']} ({i['threads']} threads)" for i in infos)
+        runtime = pool_runtime(infos)
+        say("workers ready: " + ", ".join(f"{i['device']} {i['dtype']} ({i['threads']} threads)" for i in infos)
             + f" [{time.perf_counter() - started:.1f}s]")
-        yield MapReduceEngine(cfg, pool, on_progress=on_progress, chunker=chunker)
+        engine = MapReduceEngine(cfg, pool, on_progress=on_progress, chunker=chunker)
+        engine.runtime = runtime
+        yield engine
     finally:
         if pool is not None:
             pool.close()

@@ -4,6 +4,7 @@
     pool = WorkerPool(cfg)        num_workers actors (default: one per GPU, or one on CPU)
     pool.wait_ready()             surfaces a model that fails to load as one WorkerError
     ref = pool.submit(i, texts, template)   -> ObjectRef of list[str], one summary per text
+    pool.check_alive(i)           after a failed call: ping it, without waiting (pool.pings)
     pool.close()
 
 An actor (SummarizerWorker) loads the base model + adapter once with
@@ -20,7 +21,12 @@ and `device: cuda*` is refused where the actors would get no GPU.
 
 Faults: a crashed actor is restarted (`max_restarts`) and its calls retried
 (`max_task_retries`, `retry_exceptions=True`, so Python errors are retried too). The engine
-decides what a call that still fails means for its documents.
+decides what a call that still fails means for its documents. After a failed or timed-out
+call the actor is pinged; it gets no new work until the ping answers (a slow restart is
+waited for, never retired), and only an actor Ray reports dead for good is dropped.
+
+Logs: the workers' own output (model loading, warnings, tracebacks) stays in Ray's log files
+unless `worker_logs` is on; a WorkerError says where those files are.
 
 On a cluster joined by address, the nodes need this package importable (installed, or the
 same checkout on their PYTHONPATH); a local cluster inherits the driver's sys.path.
@@ -36,7 +42,6 @@ from typing import Optional
 import ray
 
 from core.config import Config
-from core.models import check_adapter_dir
 from core.errors import UserError
 from core.signals import keep_sigterm_handler
 
@@ -53,7 +58,7 @@ def init_ray(cfg: Config, num_cpus: Optional[int] = None) -> bool:
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = cfg.mapreduce.ray_address or os.environ.get("RAY_ADDRESS")
-    quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
+    quiet = dict(log_to_driver=cfg.mapreduce.worker_logs, logging_level=logging.WARNING)
     with keep_sigterm_handler():  # a CLI's SIGTERM-as-Ctrl-C survives ray.init's own handler
         if address:
             ray.init(address=address, **quiet)
@@ -105,11 +110,12 @@ class SummarizerWorker:
         self.gen = cfg.generation
         self.max_prompt_tokens = cfg.prompt_budget
         self.device = str(next(self.model.parameters()).device)
+        self.dtype = str(getattr(self.model, "dtype", "")).removeprefix("torch.")  # `auto` as it resolved here
 
     def info(self) -> dict:
         import torch
 
-        return {"pid": os.getpid(), "device": self.device, "threads": torch.get_num_threads()}
+        return {"pid": os.getpid(), "device": self.device, "dtype": self.dtype, "threads": torch.get_num_threads()}
 
     @ray.method(retry_exceptions=True)
     def summarize(self, texts: list[str], template: str, max_new_tokens: Optional[int] = None) -> list[str]:
@@ -167,8 +173,6 @@ class WorkerPool:
                     f"{workers} workers x {need:g} {name} need {need * workers:g} {name}s, "
                     f"the Ray cluster has {have:g} (lower num_workers or num_{name.lower()}s_per_worker)"
                 )
-        if cfg.model.adapter:  # fail in the driver, not in every actor
-            check_adapter_dir(cfg.model.adapter)
         # resources other jobs/actors hold now: the actors wait for them (say so, don't hang silently)
         free = ray.available_resources()
         self.waiting_note: Optional[str] = None
@@ -192,6 +196,7 @@ class WorkerPool:
             actor_cls.options(**options).remote(cfg, self.use_gpu, self.num_threads) for _ in range(workers)
         ]
         self.alive = [True] * workers
+        self.pings: dict = {}  # ping ref -> worker, for workers checked after a failed call
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -201,22 +206,35 @@ class WorkerPool:
         try:
             return ray.get([a.info.remote() for a in self.actors], timeout=timeout)
         except ray.exceptions.GetTimeoutError:
-            raise WorkerError(f"workers did not load their models within {timeout:g}s") from None
+            raise WorkerError(f"workers did not load their models within {timeout:g}s; {worker_logs_hint()}") from None
         except ray.exceptions.RayError as exc:
-            raise WorkerError(f"a worker failed to start: {short_error(exc)}") from None
+            raise WorkerError(f"a worker failed to start: {short_error(exc)}; {worker_logs_hint()}") from None
 
     def submit(self, index: int, texts: list[str], template: str, max_new_tokens: Optional[int] = None) -> "ray.ObjectRef":
         return self.actors[index].summarize.remote(list(texts), template, max_new_tokens)
 
-    def check_alive(self, index: int, timeout: float = 300.0) -> bool:
-        """After a failed call: is the actor still there (restarted) or dead for good?"""
-        if not self.alive[index]:
-            return False
+    def usable(self, index: int) -> bool:
+        """Alive, and not waiting for the answer to a ping."""
+        return self.alive[index] and index not in self.pings.values()
+
+    def check_alive(self, index: int) -> None:
+        """After a failed or timed-out call: ping the actor, without waiting for the answer.
+
+        The ping waits behind a hung call, and for a restart (Ray queues calls to a
+        restarting actor); the scheduler waits on it beside its calls (`ping_answered`).
+        """
+        if self.alive[index] and index not in self.pings.values():
+            self.pings[self.actors[index].info.remote()] = index
+
+    def ping_answered(self, ref: "ray.ObjectRef") -> None:
+        """A ping is ready: the actor is back, or (an actor error) dead for good."""
+        index = self.pings.pop(ref)
         try:
-            ray.get(self.actors[index].info.remote(), timeout=timeout)
-        except ray.exceptions.RayError:
+            ray.get(ref)
+        except ray.exceptions.ActorUnavailableError:  # not reachable right now: ask again
+            self.check_alive(index)
+        except ray.exceptions.RayActorError:  # no restarts left
             self.alive[index] = False
-        return self.alive[index]
 
     def close(self) -> None:
         for actor in self.actors:
@@ -226,6 +244,32 @@ class WorkerPool:
                 pass
         self.actors = []
         self.alive = []
+        self.pings = {}
+
+
+def pool_runtime(infos: list[dict]) -> dict:
+    """The device type and dtype every worker resolved; WorkerError if they differ (one run, one setup)."""
+    counts: dict[tuple[str, str], int] = {}
+    for info in infos:
+        key = (info["device"].split(":")[0], info.get("dtype", ""))
+        counts[key] = counts.get(key, 0) + 1
+    if len(counts) > 1:
+        seen = ", ".join(f"{dtype} on {device} ({n} worker{'s' * (n > 1)})" for (device, dtype), n in counts.items())
+        raise WorkerError(f"the workers resolved dtype/device differently: {seen}; one run must not mix them, "
+                          "pass --dtype and --device explicitly (or use alike machines)")
+    (device, dtype), = counts
+    return {"device": device, "dtype": dtype}
+
+
+def worker_logs_hint() -> str:
+    """Where the workers' own output went (it reaches this terminal only with worker_logs)."""
+    try:
+        node = ray._private.worker._global_node  # the driver's node; None on a ray:// client
+        logs = node.get_logs_dir_path() if node is not None else None
+    except Exception:
+        logs = None
+    where = f"{logs}/worker-*.err" if logs else "`ray logs` on the cluster"
+    return f"the workers' own output is in {where} (or rerun with --worker-logs)"
 
 
 def short_error(exc: BaseException) -> str:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
+import ray
 from conftest import CNNDM_TRAIN, REPO
 
 from core.config import load_config
 from mapreduce.chunking import Chunk
 from mapreduce.document import DocumentSteps
+from mapreduce.pool import WorkerPool
 
 DOC_TEMPLATE, REDUCE_TEMPLATE = "Doc: {article}", "Sum: {article}"
 MARKER = re.compile(r"\bM\d{3}\b")
@@ -76,18 +79,36 @@ def steps(events: list | None = None, **overrides) -> DocumentSteps:
     return DocumentSteps(cfg, WordChunker(cfg.mapreduce.chunk_size), on_progress=events.append if events is not None else None)
 
 
-class FakePool:
-    """Answers every call at once (in submit order); a batch holding `poison` raises."""
+class _FakeActor:
+    """Just enough of an actor handle for WorkerPool's pings: `actor.info.remote()`."""
 
-    def __init__(self, workers: int = 2, poison: str = "poison"):
+    def __init__(self, pool: "FakePool", index: int):
+        self.info = SimpleNamespace(remote=lambda: pool.ping(index))
+
+
+class FakePool(WorkerPool):
+    """The real pool's ping bookkeeping over fake actors; calls are answered at submit time.
+
+    A batch holding `poison` raises, one holding `stall` never answers (its worker stays
+    fine). Workers in `hung` never answer (their pings wait behind the hung call, as on a
+    one-call-at-a-time actor) until `release(worker)`; workers in `dead` answer pings with
+    ActorDiedError. `wait` (a ready ping first: it is a quick call), `get` and `cancel` stand
+    in for Ray's (see the engine tests' fixture); `clock` moves only when a wait times out.
+    """
+
+    def __init__(self, workers: int = 2, poison: str = "poison", stall: str = "stall"):
+        self.actors = [_FakeActor(self, i) for i in range(workers)]
         self.alive = [True] * workers
-        self.poison = poison
+        self.pings = {}
+        self.poison, self.stall = poison, stall
         self.calls: list[tuple[int, list[str], str]] = []
         self.caps: list[object] = []  # max_new_tokens of each call
         self.answers: dict[object, object] = {}
-
-    def __len__(self):
-        return len(self.alive)
+        self.hung: set[int] = set()
+        self.dead: set[int] = set()
+        self.held: dict[object, int] = {}  # ref -> hung worker
+        self.cancelled: list[object] = []
+        self.clock = 0.0
 
     def submit(self, worker, texts, template, max_new_tokens=None):
         ref = object()
@@ -97,10 +118,39 @@ class FakePool:
             self.answers[ref] = ValueError("injected failure")
         else:
             self.answers[ref] = keep_markers(texts, template)
+        if worker in self.hung:
+            self.held[ref] = worker
+        if any(self.stall in t for t in texts):
+            self.held[ref] = -1  # not the worker's fault: release() leaves it
         return ref
 
-    def check_alive(self, index):
-        return True
+    def ping(self, worker):
+        ref = object()
+        self.answers[ref] = ray.exceptions.ActorDiedError() if worker in self.dead else {"pid": worker}
+        if worker in self.hung:
+            self.held[ref] = worker
+        return ref
+
+    def release(self, worker):
+        self.hung.discard(worker)
+        self.held = {ref: w for ref, w in self.held.items() if w != worker}
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        ready = sorted((r for r in refs if r not in self.held), key=lambda r: r not in self.pings)
+        if ready:
+            return ready[:1], [r for r in refs if r is not ready[0]]
+        assert timeout is not None, "the scheduler would wait forever"
+        self.clock += timeout
+        return [], list(refs)
+
+    def get(self, ref):
+        answer = self.answers[ref]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def cancel(self, ref):
+        self.cancelled.append(ref)
 
 
 def run_args(model_dir: Path, output_dir: Path, **overrides) -> list[str]:

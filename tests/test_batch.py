@@ -23,7 +23,7 @@ import pytest
 
 from conftest import CNNDM_TEST, REPO
 from mapreduce.batch import main as batch_main
-from mapreduce.corpus import BadRow, Document, compact_output, iter_rows
+from mapreduce.corpus import BadRow, Document, compact_output, count_rows, iter_rows
 from mapreduce.pool import FAULT_ENV
 
 SMALL = [
@@ -79,6 +79,21 @@ def test_iter_rows_reports_bad_rows_with_line_numbers(tmp_path):
     assert "duplicate id" in bad[16] and "line 1" in bad[16]
     docs = [r for r in rows if isinstance(r, Document)]
     assert {d.id for d in docs} == ids and len(docs) == len(ids)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_a_line_that_is_not_utf8_is_one_bad_row_and_the_rest_is_read(tmp_path, suffix):
+    lines = [json.dumps({"id": "a", "document": "first text"}).encode(),
+             b'{"id": "b", "document": "caf\xe9 in latin-1"}',
+             json.dumps({"id": "c", "document": "third text"}).encode()]
+    corpus = tmp_path / f"c{suffix}"
+    data = b"\n".join(lines) + b"\n"
+    corpus.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    assert count_rows(corpus) == 3
+    rows = list(iter_rows(corpus))
+    assert [type(r).__name__ for r in rows] == ["Document", "BadRow", "Document"]
+    assert rows[1].line == 2 and rows[1].error == "not UTF-8 text (invalid byte at offset 28 of the line)"
+    assert [r.id for r in rows if isinstance(r, Document)] == ["a", "c"]
 
 
 def test_iter_rows_reads_gzip_and_text_dirs(tmp_path):

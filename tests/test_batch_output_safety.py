@@ -17,17 +17,22 @@ from pathlib import Path
 import pytest
 
 import mapreduce.engine as engine_module
-from core.config import Config
 from core.flags import config_from_args
-from mapreduce.batch import build_parser, main as batch_main, setup_fingerprint
+from core.fingerprint import settings_hash
+from mapreduce.batch import build_parser, main as batch_main
 from mapreduce.corpus import CorpusError, Document, iter_rows, output_lock
 from mapreduce.engine import DocumentResult
 
 CORPUS = [{"id": "a", "document": "first text"}, {"id": "b", "document": "second text"}]
 
 
+FAKE_RUNTIME = {"device": "cpu", "dtype": "float32"}
+
+
 class _FakeEngine:
-    def run(self, docs):
+    runtime = FAKE_RUNTIME
+
+    def run(self, docs, token_counts=None):
         for doc_id, text in docs:
             yield DocumentResult(doc_id, summary=f"summary of {doc_id}", tokens={"chunks": 1},
                                  timings={"total_s": 0.1})
@@ -39,7 +44,7 @@ def engine_opens(monkeypatch) -> list:
     calls: list = []
 
     @contextmanager
-    def fake_open_engine(cfg, on_progress=None, say=None):
+    def fake_open_engine(cfg, on_progress=None, say=None, chunker=None):
         calls.append(cfg)
         yield _FakeEngine()
 
@@ -52,7 +57,7 @@ def _argv(inp: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _setup(*extra: str) -> str:
-    return setup_fingerprint(config_from_args(build_parser().parse_args(_argv(Path("i"), Path("o"), *extra))))
+    return settings_hash(config_from_args(build_parser().parse_args(_argv(Path("i"), Path("o"), *extra))))
 
 
 def _corpus(tmp_path: Path) -> Path:
@@ -65,8 +70,8 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _ok_row(doc_id: str, setup: str | None) -> str:
-    row = {"id": doc_id, "status": "ok", "summary": "s", "error": None, "line": 1}
+def _ok_row(doc_id: str, setup: str | None, runtime: dict = FAKE_RUNTIME) -> str:
+    row = {"id": doc_id, "status": "ok", "summary": "s", "error": None, "line": 1, "runtime": runtime}
     if setup is not None:
         row["setup"] = setup
     return json.dumps(row) + "\n"
@@ -231,24 +236,30 @@ def test_old_output_without_setup_is_refused(tmp_path, capsys, engine_opens):
     assert out.read_text() == _ok_row("a", None) and engine_opens == []
 
 
-def test_setup_fingerprint_follows_adapter_weights_and_templates(tmp_path):
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    weights = adapter / "adapter_model.safetensors"
-    weights.write_bytes(b"w")
-    cfg = Config()
-    cfg.model.adapter = str(adapter)
-    first = setup_fingerprint(cfg)
-    assert setup_fingerprint(cfg) == first
-    os.utime(weights, ns=(1, 1))  # retrained in place
-    assert setup_fingerprint(cfg) != first
-    changed = setup_fingerprint(cfg)
-    cfg.mapreduce.reduce_template = "Summarize: {document}"
-    assert setup_fingerprint(cfg) != changed
-    changed = setup_fingerprint(cfg)
-    cfg.generation.generation_batch_size += 1
-    cfg.mapreduce.num_workers = 3
-    assert setup_fingerprint(cfg) == changed
+def test_rows_made_with_another_resolved_dtype_are_refused_once_the_workers_say(tmp_path, capsys, engine_opens):
+    """dtype auto: bf16 rows from one machine, fp32 workers on this one; the config alone cannot tell."""
+    inp, out = _corpus(tmp_path), tmp_path / "out.jsonl"
+    out.write_text(_ok_row("a", _setup(), {"device": "cpu", "dtype": "bfloat16"}))
+    before = out.read_bytes()
+    line = _refused(batch_main(_argv(inp, out)), capsys, "made with bfloat16 on cpu", "resolves to float32 on cpu",
+                    "pass --dtype bfloat16", "another --output")
+    assert out.read_bytes() == before and len(engine_opens) == 1, line
+    fresh = tmp_path / "fresh.jsonl"
+    assert batch_main(_argv(inp, fresh)) == 0
+    assert [r["runtime"] for r in _rows(fresh)] == [FAKE_RUNTIME, FAKE_RUNTIME]  # recorded on every row
+
+
+def test_a_write_error_on_the_output_is_one_line_with_the_resume_hint(tmp_path, capsys, engine_opens, monkeypatch):
+    import mapreduce.corpus as corpus
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    inp, out = _corpus(tmp_path), tmp_path / "out.jsonl"
+    monkeypatch.setattr(corpus.os, "fsync", full_disk)
+    line = _refused(batch_main(_argv(inp, out)), capsys, f"cannot write {out}: No space left on device",
+                    "rerun the same command to resume")
+    assert "Traceback" not in line
 
 
 # --- 6. directory ids ---------------------------------------------------------------------
@@ -287,3 +298,17 @@ def test_rerun_with_nothing_left_starts_no_engine(tmp_path, capsys, engine_opens
         f.write("not json\n")
     assert batch_main(_argv(inp, out)) == 1
     assert _rows(out)[-1]["status"] == "error" and _rows(out)[-1]["line"] == 3
+
+
+# --- 8. a line that is not UTF-8 ----------------------------------------------------------
+
+
+def test_one_line_of_invalid_utf8_is_an_error_row_and_the_job_goes_on(tmp_path, capsys, engine_opens):
+    inp, out = tmp_path / "docs.jsonl", tmp_path / "out.jsonl"
+    inp.write_bytes(b'{"id": "a", "document": "first text"}\n{"id": "b", "document": "caf\xe9"}\n'
+                    b'{"id": "c", "document": "third text"}\n')
+    assert batch_main(_argv(inp, out)) == 1  # one document failed
+    rows = {r.get("id") or r["line"]: r for r in _rows(out)}
+    assert rows["a"]["status"] == rows["c"]["status"] == "ok"
+    assert rows[2]["status"] == "error" and rows[2]["line"] == 2 and "not UTF-8" in rows[2]["error"]
+    assert "done: 3 written (2 ok, 1 errors)" in capsys.readouterr().err

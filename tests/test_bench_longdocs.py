@@ -61,10 +61,13 @@ class InProcessPool:
 
     def __init__(self, cfg, model, tokenizer):
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
-        self.alive, self.answers, self.sizes = [True], {}, []
+        self.alive, self.answers, self.sizes, self.pings = [True], {}, [], {}
 
     def __len__(self):
         return 1
+
+    def usable(self, index):
+        return self.alive[index]
 
     def submit(self, worker, texts, template, max_new_tokens=None):
         ref = object()

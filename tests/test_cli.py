@@ -159,3 +159,78 @@ def test_json_stdout_stays_json_after_an_actor_crash(tmp_path, tiny_model_dir):
 def test_oversized_input_is_refused_before_ray(good_file, tiny_model_dir):
     proc = run_cli([good_file, "--base-model", tiny_model_dir, "--max-document-tokens", "3"])
     assert_one_error_line(proc, str(good_file), "above max_document_tokens (3)", "--max-document-tokens 0")
+
+
+_FAKE_ENGINE = '''
+import sys
+from contextlib import contextmanager
+import mapreduce.engine as engine
+from mapreduce.document import DocumentResult
+
+class Chunker:
+    def count_tokens(self, text):
+        return len(text.split())
+
+class Engine:
+    def run(self, docs, token_counts=None):
+        for doc_id, text in docs:
+            yield DocumentResult(doc_id, summary="A summary.", tokens={"chunks": 1})
+
+@contextmanager
+def open_engine(cfg, on_progress=None, say=None, chunker=None):
+    yield Engine()
+
+engine.prepare_engine = lambda cfg: Chunker()
+engine.open_engine = open_engine
+from mapreduce.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_a_full_disk_on_stdout_is_one_line_and_exit_1(good_file):
+    """`summarize doc.txt > out.txt` on a full disk: /dev/full as stdout (no model: a fake engine)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO))
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-c", _FAKE_ENGINE, "summarize", str(good_file)], cwd=REPO, env=env,
+                              stdout=full, stderr=subprocess.PIPE, timeout=120)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err and "Exception ignored" not in err, err
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [
+        "error: cannot write the summaries to stdout: No space left on device"]
+
+
+def test_each_document_is_counted_once_and_the_count_reaches_the_engine(tmp_path, monkeypatch, capsys):
+    from contextlib import contextmanager
+
+    import mapreduce.engine as engine_module
+    from mapreduce.cli import main
+    from mapreduce.document import DocumentResult
+
+    counted, prepared, seen = [], [], {}
+
+    class Chunker:
+        def count_tokens(self, text):
+            counted.append(text)
+            return len(text.split())
+
+    class Engine:
+        def run(self, docs, token_counts=None):
+            seen.update(token_counts)
+            for doc_id, _ in docs:
+                yield DocumentResult(doc_id, summary="s", tokens={"chunks": 1})
+
+    @contextmanager
+    def fake_open_engine(cfg, on_progress=None, say=None, chunker=None):
+        seen["chunker"] = chunker
+        yield Engine()
+
+    monkeypatch.setattr(engine_module, "prepare_engine", lambda cfg: prepared.append(cfg) or Chunker())
+    monkeypatch.setattr(engine_module, "open_engine", fake_open_engine)
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("one two three")
+    b.write_text("four five")
+    assert main(["summarize", str(a), str(b), "--no-progress"]) == 0
+    assert len(prepared) == 1 and isinstance(seen.pop("chunker"), Chunker)  # the engine gets the same chunker
+    assert sorted(counted) == ["four five", "one two three"]
+    assert seen == {str(a): 3, str(b): 2}
+    assert capsys.readouterr().out == f"==> {a} <==\ns\n\n==> {b} <==\ns\n\n"

@@ -9,38 +9,22 @@ from core.config import load_config
 from mapreduce.engine import MapReduceEngine, check_document_size
 from mapreduce.pool import WorkerError
 
-
-class HungPool:
-    """Accepts every call and never answers."""
-
-    def __init__(self):
-        self.alive = [True]
-        self.calls = 0
-
-    def __len__(self):
-        return 1
-
-    def submit(self, worker, texts, template, max_new_tokens=None):
-        self.calls += 1
-        return object()
+from fakes import FakePool
 
 
 def test_a_worker_that_never_answers_ends_in_an_error(qwen_tokenizer, monkeypatch):
-    waited = {}
-
-    def fake_wait(refs, num_returns, timeout):
-        waited["timeout"] = timeout
-        return [], refs  # nothing finished within the timeout
-
-    monkeypatch.setattr(engine_module.ray, "wait", fake_wait)
-    monkeypatch.setattr(engine_module.ray, "cancel", lambda ref: None)
+    """Its call times out and is retried; its ping never answers either: the run ends, it does not hang."""
+    pool = FakePool(workers=1)
+    pool.hung.add(0)
+    monkeypatch.setattr(engine_module.ray, "wait", pool.wait)
+    monkeypatch.setattr(engine_module.ray, "cancel", pool.cancel)
+    monkeypatch.setattr(engine_module, "clock", lambda: pool.clock)
     cfg = load_config(None, {"max_length": 256, "max_new_tokens": 16, "chunk_size": 200, "chunk_overlap": 20,
-                             "call_timeout_s": 7})
-    pool = HungPool()
+                             "call_timeout_s": 7, "start_timeout_s": 60})
     engine = MapReduceEngine(cfg, pool, tokenizer=qwen_tokenizer)
-    with pytest.raises(WorkerError, match="no worker answered within 7s"):
+    with pytest.raises(WorkerError, match="no worker came back within 60s"):
         list(engine.run([("doc", "The council met on Monday. " * 20)]))
-    assert waited["timeout"] == 7 and pool.calls == 1
+    assert pool.clock == 7 + 60 and len(pool.calls) == 1 and pool.cancelled
 
 
 def test_document_size_limit_is_configurable():

@@ -1,4 +1,4 @@
-"""The engine's scheduler on a fake pool (ray.wait/get faked): batching, admission, solo retries.
+"""The engine's scheduler on a fake pool (ray.wait/get faked): batching, admission, solo retries, timeouts.
 
 No Ray and no model: the pool "summarizes" at submit time with a fake summarizer, and the
 chunker counts words (tests/fakes.py). The slow tests run the same engine on Ray.
@@ -10,6 +10,7 @@ import pytest
 
 import mapreduce.engine as engine_module
 from mapreduce.engine import MapReduceEngine
+from mapreduce.pool import WorkerError
 from fakes import FakePool, WordChunker, document, keep_markers, steps
 from mapreduce.api import Summarizer
 
@@ -17,16 +18,10 @@ from mapreduce.api import Summarizer
 @pytest.fixture
 def pool(monkeypatch) -> FakePool:
     pool = FakePool()
-
-    def get(ref):
-        answer = pool.answers[ref]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    monkeypatch.setattr(engine_module.ray, "wait", lambda refs, num_returns, timeout: (refs[:1], refs[1:]))
-    monkeypatch.setattr(engine_module.ray, "get", get)
-    monkeypatch.setattr(engine_module.ray, "cancel", lambda ref: None)
+    monkeypatch.setattr(engine_module.ray, "wait", pool.wait)
+    monkeypatch.setattr(engine_module.ray, "get", pool.get)
+    monkeypatch.setattr(engine_module.ray, "cancel", pool.cancel)
+    monkeypatch.setattr(engine_module, "clock", lambda: pool.clock)
     return pool
 
 
@@ -110,3 +105,63 @@ def test_a_text_that_fails_alone_fails_only_its_document(pool):
 def test_summarize_is_one_document_through_run(pool):
     result = _engine(pool).summarize(document(3), doc_id="x")
     assert result.doc_id == "x" and result.summary == "M000 M001 M002"
+
+
+# --- a hung or restarting worker (S-1, S-2) ---------------------------------------------
+
+
+def test_a_call_past_call_timeout_is_retried_alone_on_another_worker(pool):
+    """One hung actor among two: its calls time out one by one, the other worker redoes them."""
+    pool.hung.add(0)
+    engine = _engine(pool, generation_batch_size=2, call_timeout_s=30)
+    results = {r.doc_id: r for r in engine.run([("a", document(10)), ("b", document(12))])}
+    assert all(r.ok for r in results.values()), {k: r.error for k, r in results.items()}
+    assert results["a"].summary == " ".join(f"M{i:03d}" for i in range(10))
+    hung_calls = [c for c in pool.calls if c[0] == 0]
+    assert hung_calls and len(pool.cancelled) == len(hung_calls)  # each timed out and was cancelled
+    retried = {t for c in hung_calls for t in c[1]}
+    assert all(any(c[0] == 1 and c[1] == [t] for c in pool.calls) for t in retried)  # alone, on worker 1
+    assert pool.clock == 30  # the first deadline; worker 1 kept working meanwhile
+    assert not pool.usable(0) and pool.alive[0]  # still pinged, never retired
+
+
+def test_a_text_that_times_out_alone_too_fails_only_its_document(pool):
+    stalled = document(10).replace("M004 filler", "M004 stall")
+    engine = _engine(pool, generation_batch_size=4, call_timeout_s=30)
+    results = {r.doc_id: r for r in engine.run([("ok", document(10)), ("slow", stalled)])}
+    assert results["ok"].ok and results["ok"].summary == " ".join(f"M{i:03d}" for i in range(10))
+    assert results["slow"].summary is None
+    assert results["slow"].error == ("map input 2 failed after retries: CallTimeout: no answer within 30s "
+                                     "(call_timeout_s): a hung worker? raise --call-timeout-s for a slow model")
+    first, solo = [c for c in pool.calls if any("stall" in t for t in c[1])]
+    assert len(first[1]) > 1 and len(solo[1]) == 1 and solo[0] != first[0]  # retried alone, elsewhere
+    assert pool.alive == [True, True]  # a slow text retires no worker
+
+
+def test_a_slowly_restarting_worker_is_waited_for_and_used_again(pool):
+    """check_alive never blocks: worker 0 is unusable while its ping is pending, then works again."""
+    engine = _engine(pool, generation_batch_size=4)
+    pool.hung.add(0)  # the ping waits behind a restart
+    pool.check_alive(0)
+    first = {r.doc_id: r for r in engine.run([("a", document(10))])}
+    assert first["a"].ok and {c[0] for c in pool.calls} == {1}  # all on worker 1, nobody blocked
+    pool.release(0)
+    second = {r.doc_id: r for r in engine.run([("b", document(12)), ("c", document(10))])}
+    assert all(r.ok for r in second.values()) and pool.usable(0) and pool.alive[0]
+    assert 0 in {c[0] for c in pool.calls}
+
+
+def test_only_a_worker_that_ray_reports_dead_is_retired(pool):
+    pool.dead.add(0)
+    pool.check_alive(0)
+    pool.ping_answered(next(iter(pool.pings)))
+    assert pool.alive == [False, True] and not pool.pings
+
+
+def test_with_every_worker_pinged_and_silent_the_run_ends_after_start_timeout(pool):
+    engine = _engine(pool, generation_batch_size=4, start_timeout_s=60)
+    pool.hung |= {0, 1}
+    for worker in (0, 1):
+        pool.check_alive(worker)
+    with pytest.raises(WorkerError, match="no worker came back within 60s .*worker"):
+        list(engine.run([("a", document(10))]))

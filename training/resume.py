@@ -1,21 +1,27 @@
-"""Resume rules for training.train: the output dir, the run's plan, and a finished run.
+"""Resume rules for training.train: the output dir, the run's plan, its settings, a finished run.
 
 A dir that already holds checkpoints is only reused with --resume, and a resume must keep
-the run's plan (its total steps) unless the schedule does not depend on it.
+the run's plan (its total steps) unless the schedule does not depend on it, and every
+other setting that can change the adapter (core.fingerprint's TRAINING scope, recorded in
+run_settings.json when the run starts).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 
-from core.config import TrainingConfig
+from core.config import Config, TrainingConfig
 from core.errors import UserError, first_line
+from core.fingerprint import TRAINING, output_settings, value_hash
 from training.logs import TRAIN_LOG
 
 log = logging.getLogger("training.train")
+
+SETTINGS_FILE = "run_settings.json"  # the settings a run started with, checked by a --resume
 
 # schedules whose learning rate does not depend on the planned total: a resume may change it
 _LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup", "reduce_lr_on_plateau")
@@ -113,3 +119,33 @@ def _resume_plan_callback(checkpoint: Path, t: TrainingConfig):
             check_resume_plan(checkpoint, t, state.max_steps)
 
     return ResumePlanCallback()
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_run_settings(output_dir: Path, cfg: Config, resolved: dict, resuming: bool) -> None:
+    """Record the run's settings; on a resume, refuse (one line) settings that would change its adapter.
+
+    The plan (max_steps, num_train_epochs) is check_resume_plan's; scheduling keys (logging,
+    output dir, checkpoints kept) may change. A checkpoint dir from before this record
+    existed is resumed with a warning, and recorded from then on.
+    """
+    settings = json.loads(json.dumps(output_settings(cfg, resolved, scope=TRAINING), default=str))
+    path = output_dir / SETTINGS_FILE
+    if resuming:
+        try:
+            old = json.loads(path.read_text())["settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("--resume: %s has no record of its run's settings (an older run): not checked", output_dir)
+        else:
+            changed = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
+            if changed:
+                diffs = ", ".join(f"{k} {_short(old.get(k))} -> {_short(settings.get(k))}" for k in changed)
+                raise TrainError(f"--resume: {output_dir} was trained with other settings ({diffs}); resume with "
+                                 "the same settings, or start fresh in another --output-dir")
+    tmp = path.with_name(f".{SETTINGS_FILE}.{os.getpid()}")  # every rank writes the same record
+    tmp.write_text(json.dumps({"settings_hash": value_hash(settings), "settings": settings}, indent=1) + "\n")
+    os.replace(tmp, path)

@@ -7,7 +7,8 @@
 
 What it does, in order:
   1. checks the output dir is writable (before any slow work) and not silently reused, and
-     that a --resume keeps the run's plan (a finished run says so and exits 0; training.resume);
+     that a --resume keeps the run's plan and settings (a finished run says so and exits 0;
+     training.resume);
   2. loads rows (hub or local JSONL), drops empty ones, tokenizes them with
      core.prompt.build_training_example (the same truncation the inference code uses);
   3. wraps the base model in a peft LoRA (only the adapter trains);
@@ -34,12 +35,13 @@ from pathlib import Path
 from core.config import Config, ConfigError, save_config
 from core.data import DataError, check_training_splits, drop_empty, load_rows, split_source
 from core.errors import UserError, first_line
+from core.fingerprint import resolved_runtime
 from core.flags import add_config_flags, config_from_args
 from core.models import load_base_model, load_tokenizer, name_adapter_base, resolve_device
 from core.prompt import build_training_example, check_template_fits
 from core.signals import sigterm_as_interrupt
 from training.logs import LOSS_PLOT, TRAIN_LOG, _log_files_callback, write_log_files
-from training.resume import RunFinished, TrainError, _resume_plan_callback, check_output_dir
+from training.resume import RunFinished, TrainError, _resume_plan_callback, check_output_dir, check_run_settings
 
 log = logging.getLogger("training.train")
 
@@ -321,6 +323,7 @@ def train(cfg: Config) -> int:
     on_cuda = device.type == "cuda"
     if on_cuda:
         check_single_process_gpus()
+    check_run_settings(output_dir, cfg, resolved_runtime(cfg.model, device, True), resuming=resume_from is not None)
     args = training_arguments(cfg, on_cuda, resolve_dtype(cfg.model.dtype, device, for_training=True), has_eval)
     set_seed(t.seed)
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
