@@ -267,8 +267,7 @@ def _check_evaluation(cfg: Config) -> None:
 
 def check_chunk_overlap(chunk_size: int, chunk_overlap: int) -> None:
     """Chunks advance by chunk_size - chunk_overlap tokens: that must be positive."""
-    need = f">= 0 and below chunk_size ({chunk_size})"
-    _require(0 <= chunk_overlap < chunk_size, "chunk_overlap", need, chunk_overlap)
+    _require(0 <= chunk_overlap < chunk_size, "chunk_overlap", f">= 0 and below chunk_size ({chunk_size})", chunk_overlap)
 
 
 def _check_mapreduce(cfg: Config) -> None:

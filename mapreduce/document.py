@@ -34,6 +34,9 @@ from core.config import Config
 from core.prompt import MERGE_TEMPLATE, merge_template
 from mapreduce.chunking import reduce_template
 from mapreduce.reduce import JOINER, ReduceError, ReduceLevel, ReduceState
+from mapreduce.sentences import keep_supported_text
+
+ONE_PASS_SLACK_TOKENS = 16  # a one-pass summary may run this far past its document's length, no further
 
 if TYPE_CHECKING:
     from mapreduce.chunking import Chunk, Chunker
@@ -220,6 +223,7 @@ class DocumentJob:
     document_tokens: Optional[int] = None  # counted once, in open(), for the size check and the result
     levels: list[tuple[ReduceLevel, str]] = field(default_factory=list)  # (level, template kind)
     reduce: Optional[ReduceState] = None
+    unsupported: list[str] = field(default_factory=list)  # sentences of the summary the document does not back
     level_no: int = -1
     level_started: float = 0.0
     outputs: list[Optional[str]] = field(default_factory=list)
@@ -280,6 +284,10 @@ class DocumentJob:
         else:
             template = self.steps.doc_template if kind == "document" else self.steps.reduce_template
         max_new_tokens = level.max_new_tokens or self.steps.max_new_tokens(level.name)
+        if kind == "document" and level.name == "final":  # one pass: no longer than the document itself
+            short = self._document_tokens() + ONE_PASS_SLACK_TOKENS
+            if short < (max_new_tokens or self.steps.cfg.generation.max_new_tokens):
+                max_new_tokens = short
         self.steps.on_progress(Progress("level", self.doc_id, level.name, 0, len(level.inputs)))
         return [LevelInput(self, self.level_no, i, text, template, max_new_tokens) for i, text in enumerate(level.inputs)]
 
@@ -325,8 +333,9 @@ class DocumentJob:
         total = round(time.perf_counter() - self.started, 3)
         levels = [lv for lv, _ in self.levels]
         summary = None
-        if error is None:
+        if error is None:  # every output, one pass or reduced, is checked against the whole document
             summary = self.reduce.summary if self.reduce is not None else levels[-1].outputs[0]
+            summary, self.unsupported = keep_supported_text(summary, self.text, steps.cfg.mapreduce.min_support)
         map_s = sum(lv.seconds or 0 for lv in levels if lv.name == "map")
         reduce_s = sum(lv.seconds or 0 for lv in levels if lv.name != "map")
         return DocumentResult(
@@ -349,6 +358,6 @@ class DocumentJob:
                 "chunks": [c.span_dict() for c in self.chunks],
                 "levels": [dict(lv.to_dict(steps.count_tokens), template=kind) for lv, kind in self.levels],
                 # map sentences left out because their chunk does not back them (mapreduce.min_support)
-                "unsupported": list(self.reduce.unsupported) if self.reduce is not None else [],
+                "unsupported": (list(self.reduce.unsupported) if self.reduce is not None else []) + self.unsupported,
             },
         )

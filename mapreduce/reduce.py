@@ -38,7 +38,8 @@ from typing import Callable, Optional, Sequence
 
 from core.errors import UserError
 from core.prompt import merge_input
-from mapreduce.sentences import JOINER, count_words, drop_repeated_sentences, finished, select_sentences, sentences, supported_sentences
+from mapreduce.sentences import (JOINER, count_words, drop_repeated_sentences, finished, select_sentences, sentences,
+                                 supported_sentences, tidy_summaries)
 
 REDUCE_MODES = ("select", "merge")
 TOKENS_PER_WORD = 1.5  # new tokens a merge may use per word asked for (English: ~1.3 for Qwen/SmolLM2)
@@ -201,7 +202,7 @@ class ReduceState:
         joined = self.joiner.join(texts)
         total = self.count_tokens(joined)
         if self.target_words and count_words(joined) <= self.target_words:
-            self.summary = joined  # the parts' summaries, in order, already fit the length asked
+            self.summary = tidy_summaries(texts, self.joiner)  # in order, they already fit the length asked
             return
         if self.target_words and self.mode == "merge":
             self._plan_merge(texts)

@@ -9,28 +9,27 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
+from core.rouge import split_sentences, word_count
 from core.text import content_words
 
 JOINER = "\n\n"  # partial summaries are joined as paragraphs, in document order
 MIN_CONTENT_WORDS = 4  # fewer, and a sentence says little ("Magnan gulped audibly.", "Yeah.")
 
 
-def count_words(text: str) -> int:
-    return len(text.split())
-
-
-# after . ! or ? (or one closing quote or bracket after them), before a capital, digit or
-# opening quote; not after a title such as "Mr." ("Mr. Magnan" is one sentence)
-_SENTENCE_BREAK = re.compile(
-    r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)]))(?<!\b(?:Mr|Ms|Dr|St|Jr|Sr)\.)(?<!\bMrs\.)\s+(?=[\"'“‘A-Z0-9])"
-)
+count_words = word_count  # core.rouge's one notion of a word
+_SPACE_BEFORE_STOP = re.compile(r"(?<=[\w\"'”’)]) +([.,!?;:])(?=[\s\"'”’)]|$)")  # CNN/DM highlights: "... HQ ."
 _WORD = re.compile(r"[a-z0-9]+")
 _SPEAKER = re.compile(r"^[A-Z][\w .'-]{0,30}:\s")  # "Project Manager: " opening a transcript line
 
 
 def sentences(text: str) -> list[str]:
-    """A summary's sentences: highlight lines, each split after . ! or ? before a capital."""
-    return [s.strip() for line in text.splitlines() for s in _SENTENCE_BREAK.split(line.strip()) if s.strip()]
+    """A summary's sentences (core.rouge's splitter: "The U.S. Senate" is one), in prose spacing."""
+    return [prose(s) for s in split_sentences(text)]
+
+
+def prose(text: str) -> str:
+    """Text without the space the highlight format leaves before a stop ("HQ ." -> "HQ.")."""
+    return _SPACE_BEFORE_STOP.sub(r"\1", text)
 
 
 def _said_already(words: set[str], said: list[set]) -> bool:
@@ -62,6 +61,24 @@ def _worth_keeping(found: list[str]) -> list[str]:
         kept = kept[:-1]
     informative = [s for s in kept if _informative(s)]
     return informative or kept
+
+
+def tidy_summaries(texts: Sequence[str], joiner: str = JOINER) -> str:
+    """The parts' summaries, in order, as one text without what select_sentences leaves out too:
+    a cut-off last sentence, fillers, and sentences said already in an earlier part (the
+    chunks overlap). A part left with nothing drops out; all the texts if nothing is left."""
+    said: list[set] = []
+    parts = []
+    for text in texts:
+        kept = []
+        for sentence in _worth_keeping(sentences(text)):
+            words = _long_words(sentence)
+            if not _said_already(words, said):
+                said.append(words)
+                kept.append(sentence)
+        if kept:
+            parts.append(" ".join(kept))
+    return joiner.join(parts) if parts else joiner.join(t.strip() for t in texts)
 
 
 def select_sentences(texts: Sequence[str], target_words: int, joiner: str = JOINER) -> Optional[str]:
@@ -161,6 +178,20 @@ def supported_sentences(summary: str, source: str, min_support: float) -> tuple[
     for sentence in sentences(summary):
         (kept if support(sentence, source_words) >= min_support else dropped).append(sentence)
     return kept, dropped
+
+
+def keep_supported_text(summary: str, source: str, min_support: float) -> tuple[str, list[str]]:
+    """(text, dropped): the summary in prose spacing, paragraph by paragraph, without the sentences
+    its source does not back; the summary as it is (prose spacing) if none would be left."""
+    if min_support <= 0:
+        return prose(summary.strip()), []
+    paragraphs, dropped = [], []
+    for paragraph in summary.split(JOINER):
+        kept, left_out = supported_sentences(paragraph, source, min_support)
+        dropped.extend(left_out)
+        if kept:
+            paragraphs.append(" ".join(kept))
+    return (JOINER.join(paragraphs), dropped) if paragraphs else (prose(summary.strip()), [])
 
 
 _PART_LABEL = re.compile(r"(?:(?<=\s)|^)\**Part \d+\**:\**\s*")  # "Part 2: " (or "**Part 2:**") echoed from the merge prompt

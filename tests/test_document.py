@@ -61,9 +61,9 @@ def test_a_sentence_its_chunk_does_not_back_is_left_out_and_recorded():
 
     result = steps(summary_words=1000).run("t", document(10), Recorder(invents))  # 5 chunks
     assert result.ok and "Riots" not in result.summary and len(MARKER.findall(result.summary)) == 10
-    assert result.tree["unsupported"] == ["Riots erupted across London overnight ."] * 5
+    assert result.tree["unsupported"] == ["Riots erupted across London overnight."] * 5
     kept = steps(summary_words=1000, min_support=0).run("t", document(10), Recorder(invents))
-    assert kept.summary.count("Riots") == 5 and kept.tree["unsupported"] == []
+    assert kept.summary.count("Riots") == 1 and kept.tree["unsupported"] == []  # said once, not five times
 
 
 @pytest.mark.parametrize("text, message", [
@@ -132,3 +132,17 @@ def test_map_calls_are_capped_at_max_new_tokens(tmp_path):
     (tmp_path / "cfg.yaml").write_text("mapreduce:\n  map_max_new_tokens: 40\n")
     cfg = load_config(tmp_path / "cfg.yaml", {"max_new_tokens": 24})
     assert (level_max_new_tokens(cfg, "map"), level_max_new_tokens(cfg, "final")) == (24, None)
+
+
+def test_a_one_pass_summary_is_checked_against_its_document_and_not_padded():
+    caps: list = []
+
+    def invents(texts, template, max_new_tokens=None):
+        caps.append(max_new_tokens)
+        return ["The harbour council approved the budget . Riots erupted across London overnight ."]
+
+    text = "The harbour council approved the budget on Monday."  # 8 words: one pass
+    result = steps(max_new_tokens=80, max_length=128).run("short", text, invents)
+    assert result.ok and result.summary == "The harbour council approved the budget."
+    assert result.tree["unsupported"] == ["Riots erupted across London overnight."]
+    assert caps == [8 + 16]  # the document's length and a little slack, not max_new_tokens

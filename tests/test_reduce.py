@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mapreduce.reduce import JOINER, ReduceError, ReduceState, pack_groups, reduce_summaries
+from mapreduce.sentences import prose
 
 
 def words(text: str) -> int:
@@ -243,11 +244,11 @@ def test_select_sentences_keeps_every_part_in_order_then_second_sentences():
         "Beta council votes on the budget .\nThe vote was close .",
         "Gamma team wins the final .\nFans celebrated in the streets .",
     ]
-    leads = select_sentences(parts, target_words=19)  # the three leads: 6 + 7 + 6 words (" ." counts)
-    assert leads == JOINER.join(["Alpha storm hits the coast .", "Beta council votes on the budget .",
-                                 "Gamma team wins the final ."])
-    more = select_sentences(parts, target_words=25)  # room for one second sentence: the first part's
-    assert more.split(JOINER)[0] == "Alpha storm hits the coast . Two towns were flooded overnight ."
+    leads = select_sentences(parts, target_words=16)  # the three leads: 5 + 6 + 5 words, in prose spacing
+    assert leads == JOINER.join(["Alpha storm hits the coast.", "Beta council votes on the budget.",
+                                 "Gamma team wins the final."])
+    more = select_sentences(parts, target_words=21)  # room for one second sentence: the first part's
+    assert more.split(JOINER)[0] == "Alpha storm hits the coast. Two towns were flooded overnight."
     assert select_sentences(parts, target_words=4) is None  # not even one lead fits
 
 
@@ -256,7 +257,7 @@ def test_select_sentences_skips_a_sentence_an_overlapping_chunk_already_gave():
 
     parts = ["Police arrested three suspects after the robbery .", "Police arrested three suspects after robbery .",
              "Stolen paintings were found in a warehouse ."]
-    assert select_sentences(parts, 100) == JOINER.join([parts[0], parts[2]])
+    assert select_sentences(parts, 100) == JOINER.join([prose(parts[0]), prose(parts[2])])
 
 
 def test_a_target_keeps_one_lead_per_part_without_rewriting_them():
@@ -271,7 +272,7 @@ def test_select_sentences_drops_a_sentence_the_token_limit_cut_off():
     from mapreduce.sentences import select_sentences
 
     parts = ["Storm hits the coast . Towns were flooded and the", "Council votes on the budget ."]
-    assert select_sentences(parts, 100) == JOINER.join(["Storm hits the coast .", "Council votes on the budget ."])
+    assert select_sentences(parts, 100) == JOINER.join(["Storm hits the coast.", "Council votes on the budget."])
     assert select_sentences(["Only a cut-off sentence and"], 100) == "Only a cut-off sentence and"
 
 
@@ -279,7 +280,7 @@ def test_select_sentences_passes_over_fillers_a_transcript_summary_copies():
     from mapreduce.sentences import select_sentences
 
     parts = ["Project Manager: Yeah. The team agreed the remote needs a rubber case .", "One, two, one, two."]
-    assert select_sentences(parts, 100) == JOINER.join(["The team agreed the remote needs a rubber case .",
+    assert select_sentences(parts, 100) == JOINER.join(["The team agreed the remote needs a rubber case.",
                                                      "One, two, one, two."])  # a part with only filler keeps it
 
 
@@ -295,7 +296,7 @@ def test_leads_that_do_not_all_fit_give_each_story_one_sentence():
         "Liverpool beat Everton in the derby at Anfield .",
     ]
     chosen = select_sentences(parts, target_words=30).split(JOINER)
-    assert chosen == [parts[0], parts[2], parts[3]]
+    assert chosen == [prose(parts[0]), prose(parts[2]), prose(parts[3])]
 
 
 def test_sentences_their_chunk_does_not_back_are_left_out():
@@ -304,8 +305,8 @@ def test_sentences_their_chunk_does_not_back_are_left_out():
     summaries = ["Retief and Magnan fly to Tarroon . A new startup called Echo is launching in London .",
                  "Riots were sparked by violent protests in Paris ."]
     state = ReduceState.start(summaries, words, 100, 4, target_words=100, sources=chunks, min_support=0.5)
-    assert state.summary == "Retief and Magnan fly to Tarroon ."  # the second part had no backed sentence
-    assert state.unsupported == ["A new startup called Echo is launching in London .", summaries[1]]
+    assert state.summary == "Retief and Magnan fly to Tarroon."  # the second part had no backed sentence
+    assert state.unsupported == ["A new startup called Echo is launching in London.", prose(summaries[1])]
     unfiltered = ReduceState.start(summaries, words, 100, 4, target_words=100, sources=chunks, min_support=0)
     assert "Echo" in unfiltered.summary and unfiltered.unsupported == []
 
@@ -313,7 +314,7 @@ def test_sentences_their_chunk_does_not_back_are_left_out():
 def test_when_no_sentence_is_backed_the_summaries_are_kept_and_a_source_count_mismatch_fails():
     summaries = ["Riots were sparked by protests in Paris .", "Markets fell in Tokyo ."]
     state = ReduceState.start(summaries, words, 100, 4, target_words=100, sources=["a b c", "d e f"], min_support=0.5)
-    assert state.summary == JOINER.join(summaries)
+    assert state.summary == JOINER.join(prose(s) for s in summaries)
     with pytest.raises(ReduceError, match="1 sources for 2 summaries"):
         ReduceState.start(summaries, words, 100, 4, sources=["a b c"], min_support=0.5)
 
@@ -328,4 +329,33 @@ def test_choosing_among_leads_passes_over_a_cut_off_or_filler_lead():
         "Parliament passes the budget after a late-night vote .",
     ]
     chosen = select_sentences(parts, target_words=25).split(JOINER)
-    assert chosen == [parts[0], parts[3]]
+    assert chosen == [prose(parts[0]), prose(parts[3])]
+
+
+# --- the reduce's text (reliability round 2, the highlight spacing) ----------------
+
+
+def test_abbreviations_do_not_end_a_sentence_so_no_fragment_is_dropped():
+    from mapreduce.sentences import select_sentences, sentences
+
+    text = "The U.S. Senate voted on the harbour budget today. Gen. Grant Lee said the vote was rushed."
+    assert sentences(text) == ["The U.S. Senate voted on the harbour budget today.",
+                               "Gen. Grant Lee said the vote was rushed."]
+    chosen = select_sentences([text, "Rev. Amos Hill led the prayers at the harbour chapel on Sunday."], 25)
+    assert chosen.startswith("The U.S. Senate voted") and "Rev. Amos Hill led" in chosen
+
+
+def test_parts_that_fit_lose_a_cut_off_end_and_what_an_overlapping_part_said_already():
+    first = "Officials approved the harbour budget on Monday after a long debate."
+    summaries = [first + " The mayor then promised new ferries for the",  # cut off by the token limit
+                 first + " Protesters gathered outside the city hall building at night."]
+    state = reduce_summaries(summaries, Recorder(keep_markers), words, budget=100, max_depth=4, target_words=200)
+    assert state.summary == JOINER.join([first, "Protesters gathered outside the city hall building at night."])
+
+
+def test_the_highlight_spacing_does_not_reach_prose():
+    from mapreduce.sentences import prose, sentences
+
+    assert sentences("Retief reached the CDT Sector HQ . He was arrested .") == [
+        "Retief reached the CDT Sector HQ.", "He was arrested."]
+    assert prose('He said "no" . Then : nothing , ever !') == 'He said "no". Then: nothing, ever!'
