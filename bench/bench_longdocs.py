@@ -50,6 +50,7 @@ import os
 import resource
 import statistics
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -145,6 +146,7 @@ class GenerateMeter:
     def __init__(self):
         self.calls = self.rows = self.prompt_tokens = self.steps = self.generated_tokens = 0
         self.prompts: list[list[int]] = []  # the unpadded prompts, for the limit's probe prompt
+        self._lock = threading.Lock()  # bench_langgraph's recipe calls generate from several threads at once
 
     @contextmanager
     def attach(self, model):
@@ -154,12 +156,14 @@ class GenerateMeter:
             out = original(*args, **kwargs)
             ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
             steps = out.shape[1] - ids.shape[1]
-            self.calls += 1
-            self.rows += ids.shape[0]
-            self.prompt_tokens += int(mask.sum())
-            self.steps += steps
-            self.generated_tokens += steps * ids.shape[0]  # exact at batch 1 (the baseline)
-            self.prompts.extend([row[m.bool()].tolist() for row, m in zip(ids.cpu(), mask.cpu())])
+            prompts = [row[m.bool()].tolist() for row, m in zip(ids.cpu(), mask.cpu())]
+            with self._lock:
+                self.calls += 1
+                self.rows += ids.shape[0]
+                self.prompt_tokens += sum(len(p) for p in prompts)
+                self.steps += steps
+                self.generated_tokens += steps * ids.shape[0]  # exact at batch 1 (the baseline)
+                self.prompts.extend(prompts)
             return out
 
         model.generate = generate
