@@ -13,10 +13,11 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup demo test bench clean
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-bench.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-bench.txt  # the LangGraph peer of bench/ (small, pure Python)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
