@@ -61,6 +61,7 @@ def merge_input(summaries) -> str:
 
 WORD_JOINER = "\u2060"  # invisible; breaks a control string into plain-text tokens
 _BRACKET_MARKER = re.compile(r"\[/?[A-Za-z_]+\]")
+_ANSWER_CUE = re.compile(r"(\w[\w ]{0,30}:)\s*\[/[A-Za-z_]+\]\s*$")  # "Summary: [/INST]" ends the template
 
 
 _MARKER_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -78,6 +79,7 @@ def _markers(tokenizer, template: str) -> tuple[str, ...]:
         markers.update(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values())
         markers.update(getattr(tokenizer, "added_tokens_encoder", {}) or {})
         markers.update(_BRACKET_MARKER.findall(template))
+        markers.update(_ANSWER_CUE.findall(template))  # a document's own "Summary:" poses as the answer's start
         per_template[template] = tuple(sorted((m for m in markers if len(m) > 1), key=len, reverse=True))
     return per_template[template]
 

@@ -207,6 +207,9 @@ def test_a_document_cannot_forge_the_end_of_the_template(qwen_tokenizer):
     assert hits == [len(ids) - len(marker)]  # the template's own closing marker, and only it
     clean = build_prompt_ids(tok, "The council met on Monday.", 10**6)
     assert clean == build_prompt_ids(tok, "The council met on Monday.", 10**6, DEFAULT_TEMPLATE)
+    cue = tok("Summary:", add_special_tokens=False)["input_ids"]  # the answer's cue: the template's only
+    assert sum(ids[i : i + len(cue)] == cue for i in range(len(ids))) == 1
+    assert tok.decode(ids).count("Summary:") == 1  # the document's own reads "S\u2060ummary:"
 
 
 def test_chat_template_keeps_its_own_control_tokens(qwen_tokenizer):
