@@ -240,18 +240,19 @@ class ReduceState:
         """
         pieces, sources = self._cut_oversized(texts)
         words = sum(count_words(p) for p in pieces)
+        tokens = self.count_tokens(self.joiner.join(pieces))  # once: a tokenizer pass over the level
         room = self.budget - PART_LABEL_TOKENS * self.fanin
-        if len(pieces) <= self.fanin and self.count_tokens(self.joiner.join(pieces)) <= room:
+        if len(pieces) <= self.fanin and tokens <= room:
             groups = [list(range(len(pieces)))]
         else:
-            self._check_depth(self.count_tokens(self.joiner.join(pieces)))
+            self._check_depth(tokens)
             groups = balanced_groups(pieces, self.count_tokens, room, -(-len(pieces) // self.fanin), self.joiner)
         final = len(groups) == 1
         per_group = self.target_words if final else max(self.target_words // len(groups), words // len(pieces))
         name = "final" if final else f"merge-{sum(1 for lv in self.levels if lv.name.startswith('merge')) + 1}"
         inputs = [merge_input(pieces[j] for j in g) for g in groups]
         group_sources = [sorted({sources[j] for j in g}) for g in groups]
-        self.levels.append(ReduceLevel(name, group_sources, inputs, self.count_tokens(self.joiner.join(pieces)),
+        self.levels.append(ReduceLevel(name, group_sources, inputs, tokens,
                                        merge_words=per_group, max_new_tokens=merge_token_cap(per_group)))
 
     def _cut_oversized(self, texts: list[str]) -> tuple[list[str], list[int]]:

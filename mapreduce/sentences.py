@@ -68,17 +68,19 @@ def tidy_summaries(texts: Sequence[str], joiner: str = JOINER) -> str:
     a cut-off last sentence, fillers, and sentences said already in an earlier part (the
     chunks overlap). A part left with nothing drops out; all the texts if nothing is left."""
     said: list[set] = []
-    parts = []
-    for text in texts:
-        kept = []
-        for sentence in _worth_keeping(sentences(text)):
-            words = _long_words(sentence)
-            if not _said_already(words, said):
-                said.append(words)
-                kept.append(sentence)
-        if kept:
-            parts.append(" ".join(kept))
+    parts = [" ".join(kept) for kept in (_unsaid(_worth_keeping(sentences(t)), said) for t in texts) if kept]
     return joiner.join(parts) if parts else joiner.join(t.strip() for t in texts)
+
+
+def _unsaid(candidates: Sequence[str], said: list[set]) -> list[str]:
+    """The candidates not mostly said already (in `said`, or by an earlier candidate); `said` grows."""
+    kept = []
+    for sentence in candidates:
+        words = _long_words(sentence)
+        if not _said_already(words, said):
+            said.append(words)
+            kept.append(sentence)
+    return kept
 
 
 def select_sentences(texts: Sequence[str], target_words: int, joiner: str = JOINER) -> Optional[str]:
@@ -172,7 +174,10 @@ def supported_sentences(summary: str, source: str, min_support: float) -> tuple[
     a news item it learned in training ("a new startup called Echo", "killed by a German
     soldier in 1918"); such a sentence shares almost no content word with the chunk.
     """
-    source_words = set(content_words(source))
+    return _split_by_support(summary, set(content_words(source)), min_support)
+
+
+def _split_by_support(summary: str, source_words: set[str], min_support: float) -> tuple[list[str], list[str]]:
     kept: list[str] = []
     dropped: list[str] = []
     for sentence in sentences(summary):
@@ -185,9 +190,10 @@ def keep_supported_text(summary: str, source: str, min_support: float) -> tuple[
     its source does not back; the summary as it is (prose spacing) if none would be left."""
     if min_support <= 0:
         return prose(summary.strip()), []
+    source_words = set(content_words(source))  # once: a long document's words, for every paragraph
     paragraphs, dropped = [], []
     for paragraph in summary.split(JOINER):
-        kept, left_out = supported_sentences(paragraph, source, min_support)
+        kept, left_out = _split_by_support(paragraph, source_words, min_support)
         dropped.extend(left_out)
         if kept:
             paragraphs.append(" ".join(kept))
@@ -200,12 +206,5 @@ _PART_LABEL = re.compile(r"(?:(?<=\s)|^)\**Part \d+\**:\**\s*")  # "Part 2: " (o
 def drop_repeated_sentences(text: str) -> str:
     """The text without the prompt's part labels and without sentences mostly said already in it
     (a long merge that starts to loop)."""
-    said: list[set] = []
-    kept = []
-    for sentence in sentences(_PART_LABEL.sub("", text)):
-        words = _long_words(sentence)
-        if _said_already(words, said):
-            continue
-        said.append(words)
-        kept.append(sentence)
+    kept = _unsaid(sentences(_PART_LABEL.sub("", text)), [])
     return " ".join(kept) if kept else text
