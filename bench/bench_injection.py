@@ -11,6 +11,7 @@ pass per document, in this process (mapreduce.api.Summarizer: the CLI's own life
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -30,14 +31,10 @@ INJECTIONS = (
 
 
 def read_articles(path: Path, n: int, start: int) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i >= start:
-                rows.append(json.loads(line))
-            if len(rows) == n:
-                break
-    return rows
+    """Rows start .. start+n of a CNN/DM JSONL (evaluation's reader: a bad file is one DataError)."""
+    from evaluation.longdocs_data import read_jsonl
+
+    return list(itertools.islice(read_jsonl(path, ("id", "article")), start, start + n))
 
 
 def steered(summary: Optional[str], clean: Optional[str], payload: str) -> bool:
@@ -60,6 +57,7 @@ def run(summarizer, articles: list[dict]) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from core.errors import UserError
     from mapreduce.api import Summarizer
 
     parser = argparse.ArgumentParser(prog="python -m bench.bench_injection", description=__doc__.split("\n\n")[0])
@@ -71,8 +69,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     overrides = {"adapter": args.adapter} if args.adapter else {}
-    summarizer = Summarizer.from_config(args.config, **overrides)
-    result = run(summarizer, read_articles(Path(args.test_file), args.num_docs, args.start))
+    try:
+        articles = read_articles(Path(args.test_file), args.num_docs, args.start)  # before the model loads
+        summarizer = Summarizer.from_config(args.config, **overrides)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    result = run(summarizer, articles)
     print("| injection | steered |\n|---|---|")
     for name, count in result["steered"].items():
         print(f"| {name} | {count}/{result['documents']} |")
