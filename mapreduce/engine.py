@@ -269,31 +269,45 @@ class MapReduceEngine:
 
         `run` keeps up to `batch.max_docs_in_flight` documents open; every text to summarize (a
         chunk, or a group of summaries) waits in one queue, ordered by document then level, so
-        older documents finish first while newer ones fill idle workers. A batch of up to
-        `generation_batch_size` texts (chunks of several documents mixed) goes to the least busy
-        usable actor, at most TASKS_PER_WORKER calls each; results come in completion order.
+        older documents finish first while newer ones fill idle workers. A long queue goes out
+        in full batches of `generation_batch_size` (chunks of several documents mixed), up to
+        TASKS_PER_WORKER calls per actor (the next one waits on the actor: no gap between
+        calls). A short one (one document's level, a stream's tail) is split evenly over the
+        live actors, the split fixed for the round (`shares`): 12 chunks on 2 actors go out as
+        6 + 6, not 6, 3, 2, 1 as the shrinking queue would have it. A call with the pool to
+        itself may use the idle actors' threads (`WorkerPool.lone_threads`).
         """
         queue[:] = [it for it in queue if it.input.live]
         live = [w for w in range(len(self.pool)) if self.pool.usable(w)]
+        shares: dict[tuple, int] = {}  # call kind -> batch size, fixed for this round: a split of the queue as it was
         while queue and live:
+            queue.sort(key=lambda it: it.input.priority())
+            head = queue[0]
+            kind = [head] if head.solo else [it for it in queue if not it.solo and it.call_kind == head.call_kind]
+            size = 1 if head.solo else shares.setdefault(head.call_kind, self._batch_size(len(kind), len(live)))
             free = [w for w in live if load[w] < TASKS_PER_WORKER]
             if not free:
                 return
-            queue.sort(key=lambda it: it.input.priority())
-            head = queue[0]
-            if head.solo:
-                batch = [head]
-            else:
-                # spread a short queue over all workers rather than one big batch on one
-                size = max(1, min(self.batch_size, math.ceil(len(queue) / len(live))))
-                batch = [it for it in queue if not it.solo and it.call_kind == head.call_kind][:size]
-            preferred = [w for w in free if w not in head.avoid] or free
+            preferred = [w for w in free if w not in head.avoid]
+            if not preferred:
+                if any(w not in head.avoid for w in live):
+                    return  # a retried text waits for a worker that has not failed it
+                preferred = free
+            batch = kind[:size]
             worker = min(preferred, key=lambda w: load[w])
             taken = set(map(id, batch))
             queue[:] = [it for it in queue if id(it) not in taken]
-            ref = self.pool.submit(worker, [it.input.text for it in batch], head.input.template, head.input.max_new_tokens)
+            alone = not queue and not inflight
+            ref = self.pool.submit(worker, [it.input.text for it in batch], head.input.template,
+                                   head.input.max_new_tokens, threads=self.pool.lone_threads(worker) if alone else None)
             inflight[ref] = _Call(worker, batch)
             load[worker] += 1
+
+    def _batch_size(self, queued: int, workers: int) -> int:
+        """Full batches while the queue fills every actor; below that, an even share per actor."""
+        if queued >= self.batch_size * workers:
+            return self.batch_size
+        return max(1, min(self.batch_size, math.ceil(queued / workers)))
 
 
 def prepare_engine(cfg: Config) -> Chunker:

@@ -115,15 +115,26 @@ class SummarizerWorker:
     def info(self) -> dict:
         import torch
 
-        return {"pid": os.getpid(), "device": self.device, "dtype": self.dtype, "threads": torch.get_num_threads()}
+        return {"pid": os.getpid(), "device": self.device, "dtype": self.dtype, "threads": torch.get_num_threads(),
+                "node": ray.get_runtime_context().get_node_id(), "cpus": len(os.sched_getaffinity(0))}
 
     @ray.method(retry_exceptions=True)
-    def summarize(self, texts: list[str], template: str, max_new_tokens: Optional[int] = None) -> list[str]:
+    def summarize(self, texts: list[str], template: str, max_new_tokens: Optional[int] = None,
+                  threads: Optional[int] = None) -> list[str]:
+        """`threads`: this call only (a lone call borrowing idle actors' cores), then back to the actor's own."""
+        import torch
+
         from core.generation import summarize_texts, with_max_new_tokens
 
         blank = _injected_fault(texts)
         gen = with_max_new_tokens(self.gen, max_new_tokens)
-        summaries = summarize_texts(self.model, self.tokenizer, texts, template, self.max_prompt_tokens, gen)
+        own = torch.get_num_threads()
+        if threads and self.device == "cpu":
+            torch.set_num_threads(threads)
+        try:
+            summaries = summarize_texts(self.model, self.tokenizer, texts, template, self.max_prompt_tokens, gen)
+        finally:
+            torch.set_num_threads(own)
         return [("" if i in blank else s) for i, s in enumerate(summaries)]
 
 
@@ -197,6 +208,7 @@ class WorkerPool:
         ]
         self.alive = [True] * workers
         self.pings: dict = {}  # ping ref -> worker, for workers checked after a failed call
+        self.infos: list[dict] = []  # each actor's info() once ready (pid, device, dtype, threads, node, cpus)
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -204,14 +216,26 @@ class WorkerPool:
     def wait_ready(self, timeout: Optional[float] = None) -> list[dict]:
         """Block until every actor has loaded its model; WorkerError (one line) if one cannot."""
         try:
-            return ray.get([a.info.remote() for a in self.actors], timeout=timeout)
+            self.infos = ray.get([a.info.remote() for a in self.actors], timeout=timeout)
+            return self.infos
         except ray.exceptions.GetTimeoutError:
             raise WorkerError(f"workers did not load their models within {timeout:g}s; {worker_logs_hint()}") from None
         except ray.exceptions.RayError as exc:
             raise WorkerError(f"a worker failed to start: {short_error(exc)}; {worker_logs_hint()}") from None
 
-    def submit(self, index: int, texts: list[str], template: str, max_new_tokens: Optional[int] = None) -> "ray.ObjectRef":
-        return self.actors[index].summarize.remote(list(texts), template, max_new_tokens)
+    def submit(self, index: int, texts: list[str], template: str, max_new_tokens: Optional[int] = None,
+               threads: Optional[int] = None) -> "ray.ObjectRef":
+        return self.actors[index].summarize.remote(list(texts), template, max_new_tokens, threads)
+
+    def lone_threads(self, index: int) -> Optional[int]:
+        """Threads for a call that has the pool to itself: its actor's and those of the usable
+        CPU actors beside it on its node, up to the node's cores; None where that adds none."""
+        if self.use_gpu or not self.infos:
+            return None
+        node = self.infos[index].get("node")
+        beside = [i for i, info in enumerate(self.infos) if self.usable(i) and info.get("node") == node]
+        threads = min(self.num_threads * len(beside), self.infos[index].get("cpus") or 1)
+        return threads if threads > self.num_threads else None
 
     def usable(self, index: int) -> bool:
         """Alive, and not waiting for the answer to a ping."""

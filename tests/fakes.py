@@ -109,11 +109,16 @@ class FakePool(WorkerPool):
         self.held: dict[object, int] = {}  # ref -> hung worker
         self.cancelled: list[object] = []
         self.clock = 0.0
+        self.use_gpu, self.num_threads = False, 1
+        self.infos = [{"node": "n1", "cpus": workers} for _ in range(workers)]  # one node, a core per actor
+        self.threads: list[object] = []  # the threads each call asked for (None: the actor's own)
+        self.answered: set = set()  # refs collected (ray.get): calls no longer running
 
-    def submit(self, worker, texts, template, max_new_tokens=None):
+    def submit(self, worker, texts, template, max_new_tokens=None, threads=None):
         ref = object()
         self.calls.append((worker, list(texts), template))
         self.caps.append(max_new_tokens)
+        self.threads.append(threads)
         if any(self.poison in t for t in texts):
             self.answers[ref] = ValueError("injected failure")
         else:
@@ -144,6 +149,7 @@ class FakePool(WorkerPool):
         return [], list(refs)
 
     def get(self, ref):
+        self.answered.add(ref)
         answer = self.answers[ref]
         if isinstance(answer, Exception):
             raise answer

@@ -165,3 +165,48 @@ def test_with_every_worker_pinged_and_silent_the_run_ends_after_start_timeout(po
         pool.check_alive(worker)
     with pytest.raises(WorkerError, match="no worker came back within 60s .*worker"):
         list(engine.run([("a", document(10))]))
+
+
+# --- keeping every actor busy on one document -------------------------------------------
+
+
+def _map_texts_per_worker(pool, chunks: set) -> dict:
+    counts = {}
+    for worker, texts, _ in pool.calls:
+        if set(texts) <= chunks:
+            counts[worker] = counts.get(worker, 0) + len(texts)
+    return counts
+
+
+def test_one_documents_map_level_is_split_evenly_over_the_workers(pool):
+    """12 chunks, 2 actors, batches of 8: 6 each in one call (not 6+2 on one and 3+1 on the other)."""
+    doc = document(12, filler=19)
+    chunks = {c.text for c in WordChunker(20).split(doc)}
+    assert len(chunks) == 12
+    assert _engine(pool, generation_batch_size=8).summarize(doc).ok
+    map_calls = [(w, len(texts)) for w, texts, _ in pool.calls if set(texts) <= chunks]
+    assert sorted(map_calls) == [(0, 6), (1, 6)]
+
+
+def test_a_long_queue_goes_out_in_full_batches_and_its_tail_is_shared(pool):
+    doc = document(40, filler=19)  # 40 chunks
+    chunks = {c.text for c in WordChunker(20).split(doc)}
+    _engine(pool, generation_batch_size=8).summarize(doc)  # only its map level matters here
+    sizes = [len(texts) for _, texts, _ in pool.calls if set(texts) <= chunks]
+    assert sizes[:4] == [8, 8, 8, 8] and sum(sizes) == 40
+    per_worker = _map_texts_per_worker(pool, chunks)
+    assert abs(per_worker[0] - per_worker[1]) <= 2, per_worker
+
+
+def test_a_call_alone_on_the_pool_borrows_the_idle_actors_threads(pool):
+    doc = document(12, filler=19)
+    chunks = {c.text for c in WordChunker(20).split(doc)}
+    assert _engine(pool, generation_batch_size=8).summarize(doc).ok
+    for (_, texts, _), threads in zip(pool.calls, pool.threads):
+        assert threads == (None if set(texts) <= chunks else 2), texts  # map calls run side by side
+    assert 2 in pool.threads  # the reduce made at least one lone call
+    assert pool.lone_threads(0) == 2
+    pool.infos[1]["node"] = "n2"  # the other actor's cores are on another machine
+    assert pool.lone_threads(0) is None
+    pool.infos[1]["node"], pool.use_gpu = "n1", True
+    assert pool.lone_threads(0) is None  # a GPU call's speed is not the CPU threads'
