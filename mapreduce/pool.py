@@ -3,7 +3,8 @@
     init_ray(cfg)                 join $RAY_ADDRESS / --ray-address, else start a quiet local cluster
     pool = WorkerPool(cfg)        num_workers actors (default: one per GPU, or one on CPU)
     pool.wait_ready()             surfaces a model that fails to load as one WorkerError
-    ref = pool.submit(i, texts, template)   -> ObjectRef of list[str], one summary per text
+    ref = pool.submit(i, texts, template, max_new_tokens=None, threads=None)   -> ObjectRef of list[str]
+    pool.lone_threads(i)          threads a call alone on the pool may take (its node's idle CPU actors')
     pool.check_alive(i)           after a failed call: ping it, without waiting (pool.pings)
     pool.close()
 

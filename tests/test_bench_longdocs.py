@@ -61,7 +61,7 @@ class InProcessPool:
 
     def __init__(self, cfg, model, tokenizer):
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
-        self.alive, self.answers, self.sizes, self.pings = [True], {}, [], {}
+        self.alive, self.answers, self.sizes, self.pings, self.threads = [True], {}, [], {}, []
 
     def __len__(self):
         return 1
@@ -69,9 +69,13 @@ class InProcessPool:
     def usable(self, index):
         return self.alive[index]
 
-    def submit(self, worker, texts, template, max_new_tokens=None):
+    def lone_threads(self, index):
+        return None  # no idle actors to borrow threads from: the process's own count
+
+    def submit(self, worker, texts, template, max_new_tokens=None, threads=None):
         ref = object()
         self.sizes.append(len(texts))
+        self.threads.append(threads)
         self.answers[ref] = summarize_texts(self.model, self.tokenizer, texts, template,
                                             self.cfg.prompt_budget, self.cfg.generation)
         return ref
@@ -89,7 +93,7 @@ def test_engine_tree_counts_match_the_baseline(cfg, loaded, baseline, monkeypatc
         yield MapReduceEngine(run_cfg, pool, tokenizer=tokenizer, on_progress=on_progress)
 
     run = bl.run_engine(one, [("a", _document()), ("b", "The council met on Monday.")], opener=opener)
-    assert run.failed == 0 and set(pool.sizes) == {1}
+    assert run.failed == 0 and set(pool.sizes) == {1} and set(pool.threads) == {None}
     assert run.tally == baseline[0].tally  # same texts, same outputs at batch 1: the same counts
     assert run.peak_rss_mib == [] and run.rss_note == "n/a"
 
