@@ -291,7 +291,8 @@ def run_engine(cfg: Config, docs: list[tuple[str, str]], opener: Optional[Callab
     workers = len(infos) or (cfg.mapreduce.num_workers or 1)
     return Run("engine", seconds, len(docs), len(failed), tally, peaks,
                f"each of {workers} actor(s)" if peaks else "n/a",
-               {"batch_size": cfg.generation.generation_batch_size, "workers": infos})
+               {"batch_size": cfg.generation.generation_batch_size, "workers": infos,
+                "summaries": [r.summary or "" for r in results]})
 
 
 # --- the limit -----------------------------------------------------------------------
