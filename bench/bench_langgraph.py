@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,12 +52,12 @@ from typing import Optional
 
 from langchain_core.runnables import RunnableLambda
 
-from bench.bench_longdocs import (DEFAULT_LONGDOCS, BenchError, GenerateMeter, Run, _rss_cell, count_levels,
-                                  engine_threads, first_documents, limit_row, load_baseline_model, measure_limit,
-                                  run_engine, run_row, say, self_peak_rss_mib)
+from bench.bench_longdocs import (DEFAULT_LONGDOCS, BenchError, GenerateMeter, Run, _rss_cell, bench_main,
+                                  count_levels, engine_threads, first_documents, limit_row, load_baseline_model,
+                                  measure_limit, run_engine, run_row, say, self_peak_rss_mib, write_figures)
 from bench.langgraph_recipe import TOKEN_MAX, build_recipe_graph, pipeline_llm, recipe_caps, summarize_with_recipe
 from core.config import Config, key_index, load_config
-from core.errors import UserError, first_line
+from core.errors import first_line
 from core.flags import add_config_flags
 
 REPO = Path(__file__).resolve().parents[1]
@@ -255,9 +253,7 @@ def bench(plans: list[Plan], doc: tuple[str, str], args: argparse.Namespace) -> 
         say(f"--- plan {i}/{len(plans)}: {plan.name}")
         results.append(run_plan(plan, doc, args.max_concurrency))
     print_report(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"doc": doc[0], "row": args.row, "plans": results}, indent=2) + "\n")
-        say(f"wrote {args.json}")
+    write_figures(args.json, {"doc": doc[0], "row": args.row, "plans": results})
     return 0
 
 
@@ -282,19 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_bench(args: argparse.Namespace) -> int:
+    plans = build_plans(args)
+    doc = pick_document(Path(args.longdocs_file), args.row)
+    if args.dry_run:
+        return dry_run(plans, doc, args.row)
+    return bench(plans, doc, args)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    for key, value in (("RAY_AUTH_MODE", "disabled"), ("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
-        os.environ.setdefault(key, value)
-    args = build_parser().parse_args(argv)
-    try:
-        plans = build_plans(args)
-        doc = pick_document(Path(args.longdocs_file), args.row)
-        if args.dry_run:
-            return dry_run(plans, doc, args.row)
-        return bench(plans, doc, args)
-    except UserError as exc:
-        print(f"error: {first_line(exc)}", file=sys.stderr)
-        return 1
+    return bench_main(build_parser(), run_bench, argv)
 
 
 if __name__ == "__main__":

@@ -27,18 +27,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from bench.bench_longdocs import (decode_batch, engine_threads, load_baseline_model, measure_decode,
-                                  measure_prefill, run_engine, say)
-from bench.llamacpp_backend import LlamaCppSummarize, ModelFiles, greedy, model_files, open_llama, require_llama_cpp
+from bench.bench_longdocs import (bench_main, decode_batch, engine_threads, load_baseline_model, measure_decode,
+                                  measure_prefill, run_engine, say, write_figures)
+from bench.llamacpp_backend import LlamaCppSummarize, ModelFiles, model_files, open_llama, require_llama_cpp
 from core.config import Config
-from core.errors import UserError, first_line
+from core.errors import UserError
 from core.flags import add_config_flags, config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,23 +245,14 @@ def bench(args: argparse.Namespace) -> int:
                   for name, processes, threads in LLAMA_PLANS]
     documents = [score(d, reference) for d in documents]
     print_report(rates, documents, len(prompt), args.probe_new_tokens)
-    if args.json:
-        figures = {"document": doc[0], "config": cfg.to_dict(), "files": {k: str(v) for k, v in vars(files).items()},
-                   "per_chunk": rates, "per_document": documents, "probe_prompt_tokens": len(prompt)}
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-        say(f"wrote {args.json}")
+    write_figures(args.json, {"document": doc[0], "config": cfg.to_dict(), "probe_prompt_tokens": len(prompt),
+                              "files": {k: str(v) for k, v in vars(files).items()},
+                              "per_chunk": rates, "per_document": documents})
     return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    for key, value in (("RAY_AUTH_MODE", "disabled"), ("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
-        os.environ.setdefault(key, value)
-    args = build_parser().parse_args(argv)
-    try:
-        return bench(args)
-    except UserError as exc:
-        print(f"error: {first_line(exc)}", file=sys.stderr)
-        return 1
+    return bench_main(build_parser(), bench, argv)
 
 
 if __name__ == "__main__":

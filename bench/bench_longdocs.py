@@ -76,6 +76,26 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def write_figures(path: Optional[str], figures: dict) -> None:
+    """--json: the run's figures for later tables (nothing written without a path)."""
+    if path:
+        Path(path).write_text(json.dumps(figures, indent=2) + "\n")
+        say(f"wrote {path}")
+
+
+def bench_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
+               argv: Optional[list[str]] = None) -> int:
+    """A bench's entry point: local-cluster environment, its flags, a bad input as one error line."""
+    for key, value in (("RAY_AUTH_MODE", "disabled"), ("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(key, value)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UserError as exc:
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 1
+
+
 # --- inputs --------------------------------------------------------------------------
 
 
@@ -482,23 +502,13 @@ def bench(args: argparse.Namespace) -> int:
     engine = run_engine(cfg, docs)
     rows = [run_row(baseline, limit), run_row(engine, limit), limit_row(engine, limit)]
     print_table(rows, limit, baseline)
-    if args.json:
-        figures = {"docs": [doc_id for doc_id, _ in docs], "threads": threads, "config": cfg.to_dict(),
-                   "runs": rows, "engine_over_baseline": baseline.seconds / engine.seconds}
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-        say(f"wrote {args.json}")
+    write_figures(args.json, {"docs": [doc_id for doc_id, _ in docs], "threads": threads, "config": cfg.to_dict(),
+                              "runs": rows, "engine_over_baseline": baseline.seconds / engine.seconds})
     return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    for key, value in (("RAY_AUTH_MODE", "disabled"), ("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
-        os.environ.setdefault(key, value)
-    args = build_parser().parse_args(argv)
-    try:
-        return bench(args)
-    except UserError as exc:
-        print(f"error: {first_line(exc)}", file=sys.stderr)
-        return 1
+    return bench_main(build_parser(), bench, argv)
 
 
 if __name__ == "__main__":
