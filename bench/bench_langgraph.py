@@ -34,7 +34,9 @@ One planned run (settings x dtype), in one process: the recipe with the engine's
 (bench_longdocs.measure_limit), then the engine on Ray actors (bench_longdocs.run_engine).
 Tokens a run processed come from its calls, counted as bench_longdocs counts levels
 (count_levels); each run's share of the limit is limit_seconds / its seconds. The table: plan,
-run, seconds, engine vs recipe (the recipe's seconds / the run's), share of limit, peak RSS.
+run, seconds, engine vs recipe (the recipe's seconds / the run's), share of limit, peak RSS;
+then, per plan, the bound of the engine's levels run in order (bench.level_bound: a level
+waits for the one before and decodes at most its own texts' rows) and the engine's share of it.
 `--dry-run` builds every plan's config, chunker and chunks, the engine's document steps and the
 recipe's graph (a tokenizer, no model), prints one line per planned run and exits 0.
 Progress goes to stderr, results to stdout.
@@ -56,6 +58,7 @@ from bench.bench_longdocs import (DEFAULT_LONGDOCS, BenchError, GenerateMeter, R
                                   count_levels, engine_threads, first_documents, limit_row, load_baseline_model,
                                   measure_limit, run_engine, run_row, say, self_peak_rss_mib, write_figures)
 from bench.langgraph_recipe import TOKEN_MAX, build_recipe_graph, pipeline_llm, recipe_caps, summarize_with_recipe
+from bench.level_bound import ordered_seconds
 from core.config import Config, key_index, load_config
 from core.errors import first_line
 from core.flags import add_config_flags
@@ -222,8 +225,10 @@ def run_plan(plan: Plan, doc: tuple[str, str], max_concurrency: Optional[int]) -
     gc.collect()
     engine = run_engine(cfg, [doc])
     rows = [run_row(recipe, limit), run_row(engine, limit), limit_row(engine, limit)]
+    shapes = engine.extra["level_shapes"][0]
     return {"plan": plan.name, "settings": plan.settings, "dtype": plan.dtype, "threads": threads,
-            "config": cfg.to_dict(), "limit": asdict(limit), "rows": rows}
+            "config": cfg.to_dict(), "limit": asdict(limit), "rows": rows,
+            "ordered_bound_s": ordered_seconds(shapes, limit), "engine_levels": shapes}
 
 
 def print_report(results: list[dict]) -> None:
@@ -245,6 +250,12 @@ def print_report(results: list[dict]) -> None:
               f"{recipe['collapse_rounds']} collapse round(s); its tokens counted vs metered: prompt "
               f"{tokens['prompt_tokens']} vs {metered['prompt_tokens']}, generated {tokens['generated_tokens']} vs "
               f"{metered['generated_tokens']}, texts {tokens['texts']} vs {metered['calls']} generate calls")
+    for result in results:
+        engine, bound = result["rows"][1], result["ordered_bound_s"]
+        levels = ", ".join(f"{lv['name']} {lv['texts']}" for lv in result["engine_levels"])
+        print(f"{result['plan']}: the engine's levels in order ({levels} texts) cannot take less than "
+              f"{bound:.1f}s here (1-row step {1000 * result['limit']['decode_step_1row_s']:.1f} ms); "
+              f"the engine's share of that bound {bound / engine['seconds']:.2f}")
 
 
 def bench(plans: list[Plan], doc: tuple[str, str], args: argparse.Namespace) -> int:

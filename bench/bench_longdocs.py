@@ -57,9 +57,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from bench.level_bound import level_shapes
 from core.config import Config
-from core.flags import add_config_flags, config_from_args
 from core.errors import UserError, first_line
+from core.flags import add_config_flags, config_from_args
 from evaluation.longdocs_data import load_longdocs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,17 +139,16 @@ def count_levels(levels: list[dict], template_tokens: dict[str, int], cfg: Confi
     A level the run did not finish (outputs None) counts its prompts only. A map output
     is capped at `map_max_new_tokens` (at most `max_new_tokens`) when it is set, every other at `max_new_tokens`.
     """
+    tally = Tally()
+    for shape in level_shapes(levels, template_tokens, level_caps(levels, cfg)):
+        tally += Tally(shape["texts"], shape["prompt_tokens"], sum(shape["output_tokens"]))
+    return tally
+
+
+def level_caps(levels: list[dict], cfg: Config) -> dict[str, int]:
     from mapreduce.document import level_max_new_tokens
 
-    tally = Tally()
-    for level in levels:
-        extra = template_tokens[level["template"]]
-        tally.texts += len(level["inputs"])
-        tally.prompt_tokens += sum(item["tokens"] + extra for item in level["inputs"])
-        outputs = level.get("outputs") or []
-        cap = level_max_new_tokens(cfg, level["name"]) or cfg.generation.max_new_tokens
-        tally.generated_tokens += sum(min(cap, out["tokens"] + 1) for out in outputs)
-    return tally
+    return {lv["name"]: level_max_new_tokens(cfg, lv["name"]) or cfg.generation.max_new_tokens for lv in levels}
 
 
 def template_tokens(tokenizer, cfg: Config) -> dict[str, int]:
@@ -302,9 +302,11 @@ def run_engine(cfg: Config, docs: list[tuple[str, str]], opener: Optional[Callab
         seconds = time.perf_counter() - started
         peaks, infos = actor_peak_rss_mib(engine.pool)
         costs = template_tokens(engine.chunker.tokenizer, cfg)
-    tally = Tally()
+    tally, shapes = Tally(), []
     for result in results:
-        tally += count_levels((result.tree or {}).get("levels", []), costs, cfg)
+        levels = (result.tree or {}).get("levels", [])
+        tally += count_levels(levels, costs, cfg)
+        shapes.append(level_shapes(levels, costs, level_caps(levels, cfg)))
     failed = [r for r in results if not r.ok]
     if failed:
         say(f"engine: {len(failed)} failed, first: {failed[0].error}")
@@ -312,7 +314,7 @@ def run_engine(cfg: Config, docs: list[tuple[str, str]], opener: Optional[Callab
     return Run("engine", seconds, len(docs), len(failed), tally, peaks,
                f"each of {workers} actor(s)" if peaks else "n/a",
                {"batch_size": cfg.generation.generation_batch_size, "workers": infos,
-                "summaries": [r.summary or "" for r in results]})
+                "summaries": [r.summary or "" for r in results], "level_shapes": shapes})
 
 
 # --- the limit -----------------------------------------------------------------------
@@ -327,6 +329,7 @@ class Limit:
     prefill_batch1_tokens_per_s: float
     prefill_decode_batch_tokens_per_s: float
     decode_step_s: float  # one step at decode_batch rows
+    decode_step_1row_s: float = 0.0  # one step at 1 row (bench.level_bound); 0: not measured
 
     def seconds(self, tally: Tally) -> float:
         """Prefill every prompt at the best rate, then full decode batches for the other tokens."""
@@ -408,7 +411,8 @@ def measure_limit(model, tokenizer, prompt: list[int], cfg: Config, threads: int
         f"at {rows} rows ({threads} threads) ...")
     batch1 = measure_prefill(model, tokenizer, prompt)
     step_s, batched = measure_decode(model, tokenizer, prompt, rows, decode_steps(cfg))
-    return Limit(threads, rows, len(prompt), max(batch1, batched), batch1, batched, step_s)
+    step_1row_s, _ = measure_decode(model, tokenizer, prompt, 1, decode_steps(cfg))
+    return Limit(threads, rows, len(prompt), max(batch1, batched), batch1, batched, step_s, step_1row_s)
 
 
 # --- the report ----------------------------------------------------------------------

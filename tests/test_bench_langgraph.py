@@ -140,7 +140,10 @@ def test_one_plan_runs_the_recipe_on_the_engines_chunks_and_reports(lively_model
     cfg = load_config(None, dict(base_model=str(lively_model_dir), max_length=160, max_new_tokens=12, chunk_size=100,
                                  chunk_overlap=10, map_max_new_tokens=8, generation_batch_size=4, num_workers=1,
                                  num_cpus_per_worker=1.0, device="cpu", dtype="float32", no_repeat_ngram_size=3))
-    engine = Run("engine", 2.0, 1, 0, Tally(5, 600, 40), [None], "n/a", {"batch_size": 4, "workers": []})
+    shapes = [{"name": "map", "texts": 4, "prompt_tokens": 500, "output_tokens": [8, 8, 6, 8]},
+              {"name": "final", "texts": 1, "prompt_tokens": 100, "output_tokens": [10]}]
+    engine = Run("engine", 2.0, 1, 0, Tally(5, 600, 40), [None], "n/a",
+                 {"batch_size": 4, "workers": [], "level_shapes": [shapes]})
     monkeypatch.setattr(blg, "run_engine", lambda cfg, docs: engine)
     doc = ("a", _document())
     result = blg.run_plan(blg.Plan("config", "float32", cfg), doc, None)
@@ -166,3 +169,6 @@ def test_one_plan_runs_the_recipe_on_the_engines_chunks_and_reports(lively_model
     assert cells["recipe"][0] == "config/float32" and cells["recipe"][3] == "1.00x"
     assert cells["engine"][3] == f"{recipe_row['seconds'] / 2.0:.2f}x" and cells["limit"][3] == "-"
     assert out[4].startswith("config/float32: limit prefill ") and f"{recipe_row['chunks']} chunks" in out[4]
+    assert result["ordered_bound_s"] >= limit_row["seconds"] > 0  # levels in order: never under the limit
+    assert out[5].startswith("config/float32: the engine's levels in order (map 4, final 1 texts)")
+    assert out[5].endswith(f"the engine's share of that bound {result['ordered_bound_s'] / 2.0:.2f}")
