@@ -22,8 +22,7 @@ from core.errors import ConfigError, first_line  # ConfigError is also imported 
 from core.hints import check_type
 from core.prompt import DEFAULT_TEMPLATE
 
-# the systems evaluation.evaluate scores, in the order it generates them (the adapter last:
-# it is merged into the base model the systems before it use)
+# what evaluation.evaluate scores, in its order (the adapter last: merged into the base the others use)
 EVAL_SYSTEMS = ("lead3", "base", "base_chat", "adapter")
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Quantization = Literal["none", "4bit", "8bit"]
@@ -146,6 +145,8 @@ class MapReduceConfig:
                                  "in order, no model call; merge = the model merges groups of merge_fanin "
                                  "consecutive summaries, level by level, in order, the last merge to summary_words")
     merge_fanin: int = knob(4, "merge: consecutive summaries per merge call (>= 2)")
+    merge_final_parts: int = knob(1, "merge: the last level may have up to this many merges, each of its share of "
+                                     "summary_words, joined in order (1: one final merge of everything)")
     merge_template: Optional[str] = knob(None, "merge prompt, holding {words} and {article} (null: core.prompt.MERGE_TEMPLATE)")
 
 
@@ -203,9 +204,8 @@ def key_help(cls: type) -> dict[str, str]:
 
 # --- value checks, one per section -----------------------------------------------------
 
-# A floor under the prompt budget, checked at load where no tokenizer exists yet: a budget this
-# small holds no real prompt. It is not the template's size; core.prompt.check_template_fits
-# measures that once a command has its tokenizer.
+# A floor under the prompt budget, checked at load (no tokenizer yet): a budget this small holds no
+# real prompt. Not the template's size: core.prompt.check_template_fits measures that later.
 PROMPT_BUDGET_FLOOR = 16
 
 
@@ -258,9 +258,7 @@ def _check_evaluation(cfg: Config) -> None:
         raise ConfigError("config key 'systems' is empty")
     for name in e.systems:
         if name not in EVAL_SYSTEMS:
-            raise ConfigError(
-                f"config key 'systems' has unknown system {name!r} (choose from {', '.join(EVAL_SYSTEMS)})"
-            )
+            raise ConfigError(f"config key 'systems' has unknown system {name!r} (choose from {', '.join(EVAL_SYSTEMS)})")
     _require(e.bootstrap_samples > 0, "bootstrap_samples", "positive", e.bootstrap_samples)
     _require(e.num_examples is None or e.num_examples > 0, "num_examples", "positive (null: all)", e.num_examples)
 
@@ -285,6 +283,7 @@ def _check_mapreduce(cfg: Config) -> None:
     _require(mr.summary_words >= 0, "summary_words", ">= 0 (0: one short summary)", mr.summary_words)
     _require(mr.num_workers is None or mr.num_workers > 0, "num_workers", "positive", mr.num_workers)
     _require(mr.merge_fanin >= 2, "merge_fanin", ">= 2", mr.merge_fanin)
+    _require(mr.merge_final_parts >= 1, "merge_final_parts", ">= 1", mr.merge_final_parts)
     cap = mr.map_max_new_tokens
     _require(cap is None or cap > 0, "map_max_new_tokens", "positive (null: max_new_tokens)", cap)
     _check_worker_resources(mr, cfg.model.device)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from core.config import Config
 from core.prompt import MERGE_TEMPLATE, merge_template
+from core.text import blank_editorial_notes
 from mapreduce.chunking import reduce_template
 from mapreduce.reduce import JOINER, ReduceError, ReduceLevel, ReduceState
 from mapreduce.sentences import keep_supported_text
@@ -154,6 +155,7 @@ class DocumentSteps:
 
     def chunk(self, text: str) -> list["Chunk"]:
         """The whole text as one chunk if its prompt fits the budget, else the chunker's split."""
+        text = blank_editorial_notes(text)  # offsets kept: spans still index the document given
         whole = self.chunker.whole(text, self.doc_template, self.cfg.prompt_budget)
         return [whole] if whole is not None else self.chunker.split(text)
 
@@ -168,7 +170,7 @@ class DocumentSteps:
         return ReduceState.start(summaries, self.count_tokens, mr.chunk_size, mr.max_reduce_depth,
                                  split=self.chunker.split_text, target_words=mr.summary_words,
                                  sources=[c.text for c in chunks], min_support=mr.min_support,
-                                 mode=mr.reduce, fanin=mr.merge_fanin)
+                                 mode=mr.reduce, fanin=mr.merge_fanin, final_parts=mr.merge_final_parts)
 
     def start(self, doc_id: str, text: str, seq: int = 0, tokens: Optional[int] = None) -> "DocumentJob":
         return DocumentJob(self, seq, str(doc_id), text, document_tokens=tokens)  # tokens: counted already

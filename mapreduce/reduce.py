@@ -19,7 +19,10 @@ With a length target (`summary_words`) the reduce has two modes (`mapreduce.redu
     merge-k    hierarchical merging: consecutive groups of at most `fanin` summaries, each
                merged by the model (core.prompt.MERGE_TEMPLATE, "Part 1: ... Part 2: ...") into
                its share of the level's word budget, level by level, in order, until one group
-               is left: its merge ("final") is asked for `summary_words` words
+               is left: its merge ("final") is asked for `summary_words` words. With
+               `final_parts` k > 1 the last level ("final") is the first with at most k groups:
+               each is asked for its share of `summary_words`, the summary is their merges in
+               order, and no single call can drop the document's last parts
 
 Two guards make a collapse or merge terminate on any summarizer: every collapse level must shrink the
 text (in tokens), else ReduceError; and at most `max_depth` collapse levels run, else
@@ -125,6 +128,7 @@ class ReduceState:
     target_words: int = 0  # 0: one final summary; else stop once the joined summaries fit
     mode: str = "select"  # with target_words: "select" sentences, or "merge" them with the model
     fanin: int = 4  # merge: summaries per merge call
+    final_parts: int = 1  # merge: groups the last level may have, their merges joined in order
     levels: list[ReduceLevel] = field(default_factory=list)
     summary: Optional[str] = None
     unsupported: list[str] = field(default_factory=list)  # map sentences left out: their chunk does not back them
@@ -133,12 +137,12 @@ class ReduceState:
     def start(cls, summaries: Sequence[str], count_tokens: CountTokens, budget: int, max_depth: int,
               split: Optional[Split] = None, joiner: str = JOINER, target_words: int = 0,
               sources: Optional[Sequence[str]] = None, min_support: float = 0.0,
-              mode: str = "select", fanin: int = 4) -> "ReduceState":
+              mode: str = "select", fanin: int = 4, final_parts: int = 1) -> "ReduceState":
         """`sources[i]` is the chunk `summaries[i]` summarizes: with `min_support`, a sentence
         sharing fewer of its content words with its chunk is left out (`unsupported`)."""
-        if mode not in REDUCE_MODES or fanin < 2:
-            raise ReduceError(f"reduce mode must be one of {', '.join(REDUCE_MODES)} with fanin >= 2")
-        state = cls(count_tokens, budget, max_depth, split, joiner, target_words, mode, fanin)
+        if mode not in REDUCE_MODES or fanin < 2 or final_parts < 1:
+            raise ReduceError(f"reduce mode must be one of {', '.join(REDUCE_MODES)} with fanin >= 2, final_parts >= 1")
+        state = cls(count_tokens, budget, max_depth, split, joiner, target_words, mode, fanin, final_parts)
         if not summaries:
             raise ReduceError("nothing to reduce: no partial summaries")
         _check_not_empty("map", summaries)
@@ -189,7 +193,8 @@ class ReduceState:
         level.outputs = list(outputs)
         level.output_tokens = self.count_tokens(self.joiner.join(outputs))
         if level.name == "final":
-            self.summary = level.outputs[0] if level.merge_words is None else drop_cut_off_end(level.outputs[0])
+            ends = level.outputs if level.merge_words is None else [drop_cut_off_end(o) for o in level.outputs]
+            self.summary = self.joiner.join(ends)
             return
         if level.output_tokens >= level.input_tokens:
             raise ReduceError(
@@ -236,19 +241,24 @@ class ReduceState:
         Each group is asked for its share of the level's words: the target split over the
         groups, but at least one input's average length, so every level shrinks by about its
         group size and no group is squeezed below what one part needs (the later parts are
-        what a single long merge drops). One group left: the final merge, `target_words`.
+        what a single long merge drops). At most `final_parts` groups: the final level, the
+        target split over its groups (one group: all of `target_words`).
         """
         pieces, sources = self._cut_oversized(texts)
         words = sum(count_words(p) for p in pieces)
         tokens = self.count_tokens(self.joiner.join(pieces))  # once: a tokenizer pass over the level
         room = self.budget - PART_LABEL_TOKENS * self.fanin
-        if len(pieces) <= self.fanin and tokens <= room:
+        wanted = -(-len(pieces) // self.fanin)
+        if wanted <= self.final_parts:  # the last level: as many parts of two or more as it may have
+            wanted = max(wanted, min(self.final_parts, len(pieces) // 2))
+        if wanted == 1 and tokens <= room:
             groups = [list(range(len(pieces)))]
         else:
             self._check_depth(tokens)
-            groups = balanced_groups(pieces, self.count_tokens, room, -(-len(pieces) // self.fanin), self.joiner)
-        final = len(groups) == 1
-        per_group = self.target_words if final else max(self.target_words // len(groups), words // len(pieces))
+            groups = balanced_groups(pieces, self.count_tokens, room, wanted, self.joiner)
+        final = len(groups) <= self.final_parts
+        per_group = self.target_words // len(groups) if final else max(self.target_words // len(groups),
+                                                                         words // len(pieces))
         name = "final" if final else f"merge-{sum(1 for lv in self.levels if lv.name.startswith('merge')) + 1}"
         inputs = [merge_input(pieces[j] for j in g) for g in groups]
         group_sources = [sorted({sources[j] for j in g}) for g in groups]

@@ -201,10 +201,17 @@ def keep_supported_text(summary: str, source: str, min_support: float) -> tuple[
 
 
 _PART_LABEL = re.compile(r"(?:(?<=\s)|^)\**Part \d+\**:\**\s*")  # "Part 2: " (or "**Part 2:**") echoed from the merge prompt
+# "In the first part, " / "In this part of the story, ": the prompt's framing, not the document's
+_PART_FRAMING = re.compile(r"(?:(?<=\s)|^)In (?:the|this) (?:(?:first|second|third|fourth|next|last|final) )?parts?"
+                           r"(?: of (?:the|this) (?:story|document|text))?, ?", re.I)
 
 
 def drop_repeated_sentences(text: str) -> str:
-    """The text without the prompt's part labels and without sentences mostly said already in it
-    (a long merge that starts to loop)."""
-    kept = _unsaid(sentences(_PART_LABEL.sub("", text)), [])
+    """The text without the prompt's part labels and framing ("In the first part, ...") and
+    without sentences mostly said already in it (a long merge that starts to loop)."""
+    kept = [_capitalized(s) for s in _unsaid(sentences(_PART_FRAMING.sub("", _PART_LABEL.sub("", text))), [])]
     return " ".join(kept) if kept else text
+
+
+def _capitalized(sentence: str) -> str:
+    return sentence[:1].upper() + sentence[1:]
