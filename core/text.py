@@ -48,3 +48,15 @@ def highlight_sentences(highlights: str) -> list[str]:
         if line:
             found.append(line if line[-1] in ".!?\"'" else line + ".")
     return found
+
+
+# an e-text's editorial apparatus, not its content: a summary that reports it misleads the reader
+_EDITORIAL = re.compile(
+    r"\[(?:Transcriber|Editor)(?:'|\u2019)?s? Note:[^\]]{0,2000}\]"
+    r"|^Produced by [^\n]{0,300}?(?:Proofreading Team|Project Gutenberg)(?: at \S+)?", re.I | re.M)
+
+
+def blank_editorial_notes(text: str) -> str:
+    """The text with transcriber's notes and e-text credit lines ("Produced by ... Distributed
+    Proofreading Team at ...") turned into spaces, so every character keeps its offset."""
+    return _EDITORIAL.sub(lambda m: re.sub(r"[^\n]", " ", m.group()), text)

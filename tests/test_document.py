@@ -146,3 +146,16 @@ def test_a_one_pass_summary_is_checked_against_its_document_and_not_padded():
     assert result.ok and result.summary == "The harbour council approved the budget."
     assert result.tree["unsupported"] == ["Riots erupted across London overnight."]
     assert caps == [8 + 16]  # the document's length and a little slack, not max_new_tokens
+
+
+def test_an_etexts_credit_line_and_transcribers_note_are_not_summarized():
+    credits = "Produced by A. Reader and the Online Distributed Proofreading Team at http://www.pgdp.net"
+    note = "[Transcriber's Note: This etext was produced from Worlds of If, July 1963. No renewal.]"
+    text = f"{credits}\n\n{note}\n\n" + document(4)
+    fake = Recorder()
+    result = steps().run("etext", text, fake)
+    assert result.ok, result.error
+    sent = " ".join(fake.calls[0][0])
+    assert "Produced" not in sent and "Transcriber" not in sent and "pgdp" not in sent
+    assert result.summary == "M000 M001 M002 M003"
+    assert all(text[c["start"]:c["end"]].strip() for c in result.tree["chunks"])  # spans index the text given
