@@ -68,6 +68,16 @@ class Recorder:
         return self.fn(texts, template)
 
 
+def words(text: str) -> int:
+    """The fakes' token counter: words."""
+    return len(text.split())
+
+
+def partial(i: int, filler: int = 9) -> str:
+    """A partial summary: its marker M### then filler words."""
+    return " ".join([f"M{i:03d}"] + ["filler"] * filler)
+
+
 def document(parts: int, filler: int = 9) -> str:
     return "\n\n".join(" ".join([f"M{i:03d}"] + ["filler"] * filler) + "." for i in range(parts))
 

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fakes import MARKER, partial, words
 from mapreduce.reduce import JOINER, ReduceError, ReduceState, pack_groups, reduce_summaries
 from mapreduce.sentences import prose
 
 
-def words(text: str) -> int:
-    return len(text.split())
-
-
-MARKER = re.compile(r"\bM\d{3}\b")
-
-
-def partial(i: int, filler: int = 9) -> str:
-    """A partial summary: its marker M### then filler words."""
-    return " ".join([f"M{i:03d}"] + ["filler"] * filler)
 
 
 def keep_markers(texts: list[str]) -> list[str]:

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from core.config import ConfigError, load_config
+from fakes import MARKER, partial, words
 from mapreduce.reduce import JOINER, ReduceError, ReduceState
 
-MARKER = re.compile(r"\bM\d{3}\b")
-
-
-def words(text: str) -> int:
-    return len(text.split())
-
-
-def partial(i: int, filler: int = 9) -> str:
-    return " ".join([f"M{i:03d}"] + ["filler"] * filler)
 
 
 def markers_as_sentence(texts: list[str]) -> list[str]:
