@@ -31,8 +31,8 @@ A config flag given on the command line wins over both.
 
 One planned run (settings x dtype), in one process: the recipe with the engine's threads
 (bench_longdocs.load_baseline_model), the limit measured on the recipe's median prompt
-(bench_longdocs.measure_limit), then the engine on Ray actors (bench_longdocs.run_engine).
-Tokens a run processed come from its calls, counted as bench_longdocs counts levels
+(bench.limit.measure_limit), then the engine on Ray actors (bench_longdocs.run_engine).
+Tokens a run processed come from its calls, counted as bench.limit counts levels
 (count_levels); each run's share of the limit is limit_seconds / its seconds. The table: plan,
 run, seconds, engine vs recipe (the recipe's seconds / the run's), share of limit, peak RSS;
 then, per plan, the bound of the engine's levels run in order (bench.level_bound: a level
@@ -55,8 +55,9 @@ from typing import Optional
 from langchain_core.runnables import RunnableLambda
 
 from bench.bench_longdocs import (DEFAULT_LONGDOCS, BenchError, GenerateMeter, Run, _rss_cell, bench_main,
-                                  count_levels, engine_threads, first_documents, limit_row, load_baseline_model,
-                                  measure_limit, run_engine, run_row, say, self_peak_rss_mib, write_figures)
+                                  first_documents, limit_row, load_baseline_model, run_engine, run_row, say,
+                                  self_peak_rss_mib, write_figures)
+from bench.limit import count_levels, engine_threads, measure_limit
 from bench.langgraph_recipe import TOKEN_MAX, build_recipe_graph, pipeline_llm, recipe_caps, summarize_with_recipe
 from bench.level_bound import ordered_seconds
 from core.config import Config, key_index, load_config
@@ -80,7 +81,7 @@ OWN_FLAGS = ("settings", "dtypes", "row", "longdocs_file", "max_concurrency", "j
 
 
 def recipe_levels(calls: list[dict]) -> list[dict]:
-    """The recipe's calls as levels that bench_longdocs.count_levels reads (prompt tokens whole)."""
+    """The recipe's calls as levels that bench.limit.count_levels reads (prompt tokens whole)."""
     levels = []
     for kind in ("map", "reduce"):
         mine = [call for call in calls if call["kind"] == kind]

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from bench.bench_longdocs import (bench_main, decode_batch, engine_threads, load_baseline_model, measure_decode,
-                                  measure_prefill, run_engine, say, write_figures)
+from bench.bench_longdocs import bench_main, load_baseline_model, run_engine, say, write_figures
+from bench.limit import decode_batch, engine_threads, measure_decode, measure_prefill
 from bench.llamacpp_backend import LlamaCppSummarize, ModelFiles, model_files, open_llama, require_llama_cpp
 from core.config import Config
 from core.errors import UserError

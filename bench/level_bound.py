@@ -1,6 +1,6 @@
 """The fastest one document can go on the limit's machine when its levels run in order.
 
-bench_longdocs.Limit counts every generated token as if it decoded in a full batch of
+bench.limit.Limit counts every generated token as if it decoded in a full batch of
 `decode_batch` rows. One document cannot do that: a level's calls start only when the level
 before has ended, a level of n texts decodes at most n rows at once, and it lasts as long as
 its longest output. This bound keeps those two facts and nothing else: each level prefills its
@@ -14,7 +14,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bench.bench_longdocs import Limit
+    from bench.limit import Limit
 
 
 def level_shapes(levels: list[dict], template_tokens: dict[str, int], caps: dict[str, int]) -> list[dict]:

@@ -17,10 +17,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.config import ModelConfig
 from core.embedded import EMBEDDED_HUB_IDS, EMBEDDED_PREFIX, resolve_embedded
 from core.errors import ModelError, first_line
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ pytest.importorskip("langgraph",
 
 import bench.bench_langgraph as blg  # noqa: E402
 import bench.langgraph_recipe as recipe  # noqa: E402
-from bench.bench_longdocs import Run, Tally  # noqa: E402
+from bench.bench_longdocs import Run  # noqa: E402
+from bench.limit import Tally  # noqa: E402
 from conftest import CNNDM_TEST  # noqa: E402
 from core.config import load_config  # noqa: E402
 from langchain_core.runnables import RunnableLambda  # noqa: E402

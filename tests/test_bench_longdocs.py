@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import pytest
 
 import bench.bench_longdocs as bl
+import bench.limit as lim
 import mapreduce.engine as engine_module
 from conftest import CNNDM_TEST
 from core.config import load_config
@@ -34,7 +35,7 @@ def cfg(lively_model_dir):
 
 @pytest.fixture(scope="module")
 def loaded(cfg):
-    return bl.load_baseline_model(cfg, bl.engine_threads(cfg))
+    return bl.load_baseline_model(cfg, lim.engine_threads(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +100,12 @@ def test_engine_tree_counts_match_the_baseline(cfg, loaded, baseline, monkeypatc
 
 
 def test_limit_arithmetic():
-    tally = bl.Tally(texts=10, prompt_tokens=1000, generated_tokens=250)
+    tally = lim.Tally(texts=10, prompt_tokens=1000, generated_tokens=250)
     # 1000 / 500 s of prefill; the first token of each text comes with it: 240 tokens / 4 rows = 60 steps
-    assert bl.limit_seconds(tally, 500.0, 0.1, 4) == pytest.approx(2.0 + 6.0)
-    limit = bl.Limit(2, 4, 100, 500.0, 400.0, 500.0, 0.1)
+    assert lim.limit_seconds(tally, 500.0, 0.1, 4) == pytest.approx(2.0 + 6.0)
+    limit = lim.Limit(2, 4, 100, 500.0, 400.0, 500.0, 0.1)
     assert limit.seconds(tally) == pytest.approx(8.0)
-    assert bl.limit_seconds(bl.Tally(3, 30, 3), 10.0, 1.0, 4) == pytest.approx(3.0)  # one token each: no steps
+    assert lim.limit_seconds(lim.Tally(3, 30, 3), 10.0, 1.0, 4) == pytest.approx(3.0)  # one token each: no steps
 
 
 def test_count_levels_adds_templates_and_eos_capped():
@@ -113,17 +114,17 @@ def test_count_levels_adds_templates_and_eos_capped():
          "outputs": [{"text": "x", "tokens": 20}, {"text": "y", "tokens": 12}]},
         {"name": "final", "template": "reduce", "inputs": [{"tokens": 32}], "outputs": None},  # unfinished level
     ]
-    tally = bl.count_levels(levels, {"document": 7, "reduce": 5}, load_config(None, {"max_new_tokens": 12}))
-    assert tally == bl.Tally(texts=3, prompt_tokens=97 + 57 + 37, generated_tokens=12 + 12)
+    tally = lim.count_levels(levels, {"document": 7, "reduce": 5}, load_config(None, {"max_new_tokens": 12}))
+    assert tally == lim.Tally(texts=3, prompt_tokens=97 + 57 + 37, generated_tokens=12 + 12)
     levels[1]["outputs"] = [{"text": "z", "tokens": 30}]
     capped = load_config(None, {"max_new_tokens": 12, "map_max_new_tokens": 10})
-    tally = bl.count_levels(levels, {"document": 7, "reduce": 5}, capped)  # map outputs at 10, the final at 12
+    tally = lim.count_levels(levels, {"document": 7, "reduce": 5}, capped)  # map outputs at 10, the final at 12
     assert tally.generated_tokens == 10 + 10 + 12
 
 
 def test_measure_limit_on_the_tiny_model(cfg, loaded, baseline):
     model, tokenizer = loaded
-    limit = bl.measure_limit(model, tokenizer, baseline[1].median_prompt(), cfg, threads=1)
+    limit = lim.measure_limit(model, tokenizer, baseline[1].median_prompt(), cfg, threads=1)
     assert limit.decode_batch == 4 and limit.decode_step_s > 0
     assert limit.prefill_tokens_per_s == max(limit.prefill_batch1_tokens_per_s, limit.prefill_decode_batch_tokens_per_s)
     rows = [bl.run_row(baseline[0], limit), bl.limit_row(baseline[0], limit)]
@@ -133,7 +134,7 @@ def test_measure_limit_on_the_tiny_model(cfg, loaded, baseline):
 
 def test_table_prints_every_run_and_the_ratio(baseline, capsys):
     run = baseline[0]
-    limit = bl.Limit(1, 4, 100, 1000.0, 1000.0, 900.0, 0.01)
+    limit = lim.Limit(1, 4, 100, 1000.0, 1000.0, 900.0, 0.01)
     engine = bl.Run("engine", run.seconds / 2, run.docs, 0, run.tally, [300.0, None], "each of 2 actor(s)")
     bl.print_table([bl.run_row(run, limit), bl.run_row(engine, limit), bl.limit_row(engine, limit)], limit, run)
     out = capsys.readouterr().out
@@ -143,10 +144,10 @@ def test_table_prints_every_run_and_the_ratio(baseline, capsys):
 
 
 def test_threads_and_decode_batch_follow_the_engine(monkeypatch):
-    monkeypatch.setattr(bl.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(lim.os, "cpu_count", lambda: 4)
     cfg = load_config(None, {"num_workers": 3, "num_cpus_per_worker": 2.0, "generation_batch_size": 8})
-    assert bl.engine_threads(cfg) == 4 and bl.decode_batch(cfg) == 24
-    assert bl.engine_threads(load_config(None, {"num_cpus_per_worker": 1.0})) == 1
+    assert lim.engine_threads(cfg) == 4 and lim.decode_batch(cfg) == 24
+    assert lim.engine_threads(load_config(None, {"num_cpus_per_worker": 1.0})) == 1
 
 
 def test_inputs_fail_in_one_line(tmp_path, capsys):
