@@ -119,6 +119,7 @@ class EvaluationConfig:
     bertscore_model: str = knob("roberta-large", "BERTScore encoder: a hub id, a local dir or embedded:minilm")
     bertscore_num_layers: Optional[int] = knob(17, "the encoder layer BERTScore reads (null: bert_score's default)")
     bootstrap_samples: int = knob(1000, "resamples for the 95% confidence intervals")
+    whole_template: Optional[str] = knob(None, "longdocs' whole-document prompt, with {words}, {article} (null: core.prompt.WHOLE_TEMPLATE)")
 
 
 @dataclass
@@ -270,9 +271,11 @@ def check_chunk_overlap(chunk_size: int, chunk_overlap: int) -> None:
 
 def _check_mapreduce(cfg: Config) -> None:
     mr = cfg.mapreduce
-    for key, need in (("reduce_template", "'{article}' exactly once"), ("merge_template", "'{article}' exactly once and {words}")):
-        text = getattr(mr, key)
-        if text is not None and (text.count("{article}") != 1 or (key == "merge_template" and "{words}" not in text)):
+    templates = (("reduce_template", mr.reduce_template, "'{article}' exactly once"),
+                 ("merge_template", mr.merge_template, "'{article}' exactly once and {words}"),
+                 ("whole_template", cfg.evaluation.whole_template, "'{article}' exactly once and {words}"))
+    for key, text, need in templates:
+        if text is not None and (text.count("{article}") != 1 or (key != "reduce_template" and "{words}" not in text)):
             raise ConfigError(f"config key '{key}' must contain {need}")
     for key in ("chunk_size", "max_reduce_depth"):
         _require(getattr(mr, key) > 0, key, "positive", getattr(mr, key))
@@ -331,9 +334,7 @@ def config_from_dict(raw: dict[str, Any] | None, source: str = "config", explici
     sections: dict[str, Any] = {}
     for section, values in raw.items():
         if section not in classes:
-            raise ConfigError(
-                f"{source}: unknown section '{section}' (expected one of {', '.join(classes)})"
-            )
+            raise ConfigError(f"{source}: unknown section '{section}' (expected one of {', '.join(classes)})")
         values = values or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section '{section}' must be a mapping")
@@ -369,8 +370,7 @@ def _with_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str)
         if key not in index:
             raise ConfigError(f"unknown config key '{key}'")
         section = index[key][0]
-        if raw.get(section) is None:
-            raw[section] = {}
+        raw[section] = raw.get(section) or {}
         raw[section][key] = value
     return config_from_dict(raw, source, explicit=overrides)
 

@@ -101,7 +101,8 @@ def model_setups(cfg: Config) -> dict[str, str]:
     return {
         "mapreduce": "mr-" + settings_hash(cfg, scope=SUMMARIES),
         "truncate": "tr-" + truncate,
-        "whole": "wh-" + value_hash([truncate, cfg.mapreduce.summary_words, "whole-v1"]),
+        "whole": "wh-" + value_hash([truncate, cfg.mapreduce.summary_words, "whole-v1"]
+                                    + ([cfg.evaluation.whole_template] if cfg.evaluation.whole_template else [])),
     }
 
 

@@ -3,7 +3,8 @@
     truncate   the document cut to max_length - max_new_tokens (the budget the adapter
                trained at), the training template, the news-length cap.
     whole      the whole document in one call (up to the model's context), asked for the
-               map-reduce summary's word target (core.prompt.WHOLE_TEMPLATE), one at a time.
+               map-reduce summary's word target (the config's whole_template, e.g. the
+               profile's chat format; else core.prompt.WHOLE_TEMPLATE), one at a time.
 
 core.generation.generate_isolated retries a failing batch (e.g. out of memory) one
 document at a time, so one bad document fails alone; seconds are batch time / batch size.
@@ -80,7 +81,7 @@ def run_whole(cfg: Config, todo: list["LongDoc"], out: "LongdocLog", setup: str,
     for doc in todo:  # one at a time: each its own length and template
         words = whole_words(cfg, doc)
         gen = dataclasses.replace(with_max_new_tokens(cfg.generation, merge_token_cap(words)), generation_batch_size=1)
-        prompt = build_prompt_ids(tokenizer, doc.text, context - gen.max_new_tokens, merge_template(words, WHOLE_TEMPLATE))
+        prompt = build_prompt_ids(tokenizer, doc.text, context - gen.max_new_tokens, merge_template(words, cfg.evaluation.whole_template or WHOLE_TEMPLATE))
         _generate([doc], [prompt], model, tokenizer, gen, out, "whole", setup, progress, words_asked=words)
 
 
