@@ -81,7 +81,8 @@ def run_whole(cfg: Config, todo: list["LongDoc"], out: "LongdocLog", setup: str,
     for doc in todo:  # one at a time: each its own length and template
         words = whole_words(cfg, doc)
         gen = dataclasses.replace(with_max_new_tokens(cfg.generation, merge_token_cap(words)), generation_batch_size=1)
-        prompt = build_prompt_ids(tokenizer, doc.text, context - gen.max_new_tokens, merge_template(words, cfg.evaluation.whole_template or WHOLE_TEMPLATE))
+        template = merge_template(words, cfg.evaluation.whole_template or WHOLE_TEMPLATE)
+        prompt = build_prompt_ids(tokenizer, doc.text, context - gen.max_new_tokens, template)
         _generate([doc], [prompt], model, tokenizer, gen, out, "whole", setup, progress, words_asked=words)
 
 
