@@ -217,13 +217,10 @@ def _require(ok: bool, key: str, need: str, value: Any) -> None:
 
 def _check_data(cfg: Config) -> None:
     d, g = cfg.data, cfg.generation
-    if d.prompt_template.count("{article}") != 1:
-        raise ConfigError("config key 'prompt_template' must contain '{article}' exactly once")
+    _check_template("prompt_template", d.prompt_template)
     if cfg.prompt_budget <= PROMPT_BUDGET_FLOOR:
-        raise ConfigError(
-            f"config key 'max_length' ({d.max_length}) must exceed max_new_tokens "
-            f"({g.max_new_tokens}) by more than {PROMPT_BUDGET_FLOOR} tokens (the least room for a prompt)"
-        )
+        raise ConfigError(f"config key 'max_length' ({d.max_length}) must exceed max_new_tokens ({g.max_new_tokens}) "
+                          f"by more than {PROMPT_BUDGET_FLOOR} tokens (the least room for a prompt)")
     _require(d.merge_examples >= 0, "merge_examples", ">= 0", d.merge_examples)
 
 
@@ -262,6 +259,13 @@ def _check_evaluation(cfg: Config) -> None:
             raise ConfigError(f"config key 'systems' has unknown system {name!r} (choose from {', '.join(EVAL_SYSTEMS)})")
     _require(e.bootstrap_samples > 0, "bootstrap_samples", "positive", e.bootstrap_samples)
     _require(e.num_examples is None or e.num_examples > 0, "num_examples", "positive (null: all)", e.num_examples)
+    _check_template("whole_template", e.whole_template, with_words=True)
+
+
+def _check_template(key: str, text: Optional[str], with_words: bool = False) -> None:
+    """A prompt holds its text once ({article}), and its word budget ({words}) where one is asked."""
+    if text is not None and (text.count("{article}") != 1 or (with_words and "{words}" not in text)):
+        raise ConfigError(f"config key '{key}' must contain '{{article}}' exactly once" + (" and {words}" if with_words else ""))
 
 
 def check_chunk_overlap(chunk_size: int, chunk_overlap: int) -> None:
@@ -271,12 +275,8 @@ def check_chunk_overlap(chunk_size: int, chunk_overlap: int) -> None:
 
 def _check_mapreduce(cfg: Config) -> None:
     mr = cfg.mapreduce
-    templates = (("reduce_template", mr.reduce_template, "'{article}' exactly once"),
-                 ("merge_template", mr.merge_template, "'{article}' exactly once and {words}"),
-                 ("whole_template", cfg.evaluation.whole_template, "'{article}' exactly once and {words}"))
-    for key, text, need in templates:
-        if text is not None and (text.count("{article}") != 1 or (key != "reduce_template" and "{words}" not in text)):
-            raise ConfigError(f"config key '{key}' must contain {need}")
+    _check_template("reduce_template", mr.reduce_template)
+    _check_template("merge_template", mr.merge_template, with_words=True)
     for key in ("chunk_size", "max_reduce_depth"):
         _require(getattr(mr, key) > 0, key, "positive", getattr(mr, key))
     check_chunk_overlap(mr.chunk_size, mr.chunk_overlap)

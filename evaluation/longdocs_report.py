@@ -104,7 +104,7 @@ def markdown_report(result: dict) -> str:
                      "map-reduce failed or has not run).")
     if "whole" in result["systems"]:
         notes.append("Whole document: the same model and adapter read the whole document in one call, asked for "
-                     "summary_words words (WHOLE_TEMPLATE).")
+                     "summary_words words (the config's whole_template, else core.prompt.WHOLE_TEMPLATE).")
     if {"mapreduce", "truncate", "whole"} & set(result["systems"]):
         notes.append("s/doc: map-reduce = each document's own wall time, other documents in flight; truncate = "
                      "batch time / batch size; whole = its one call; model loading excluded.")
