@@ -149,6 +149,7 @@ class MapReduceConfig:
     merge_final_parts: int = knob(1, "merge: the last level may have up to this many merges, each of its share of "
                                      "summary_words, joined in order (1: one final merge of everything)")
     merge_template: Optional[str] = knob(None, "merge prompt, holding {words} and {article} (null: core.prompt.MERGE_TEMPLATE)")
+    merge_tokens_per_word: float = knob(1.5, "merge: a merge call's new-token cap per word asked (words x this + 16)")
 
 
 @dataclass
@@ -205,8 +206,7 @@ def key_help(cls: type) -> dict[str, str]:
 
 # --- value checks, one per section -----------------------------------------------------
 
-# A floor under the prompt budget, checked at load (no tokenizer yet): a budget this small holds no
-# real prompt. Not the template's size: core.prompt.check_template_fits measures that later.
+# A floor under the prompt budget, checked at load (no tokenizer yet); core.prompt.check_template_fits measures later.
 PROMPT_BUDGET_FLOOR = 16
 
 
@@ -246,8 +246,8 @@ def _check_generation(cfg: Config) -> None:
         _require(getattr(g, key) > 0, key, "positive", getattr(g, key))
     for key in ("min_new_tokens", "no_repeat_ngram_size"):
         _require(getattr(g, key) >= 0, key, ">= 0", getattr(g, key))
-    need = f"at most max_new_tokens ({g.max_new_tokens})"
-    _require(g.min_new_tokens <= g.max_new_tokens, "min_new_tokens", need, g.min_new_tokens)
+    _require(g.min_new_tokens <= g.max_new_tokens, "min_new_tokens", f"at most max_new_tokens ({g.max_new_tokens})",
+             g.min_new_tokens)
 
 
 def _check_evaluation(cfg: Config) -> None:
@@ -277,7 +277,7 @@ def _check_mapreduce(cfg: Config) -> None:
     mr = cfg.mapreduce
     _check_template("reduce_template", mr.reduce_template)
     _check_template("merge_template", mr.merge_template, with_words=True)
-    for key in ("chunk_size", "max_reduce_depth"):
+    for key in ("chunk_size", "max_reduce_depth", "merge_tokens_per_word"):
         _require(getattr(mr, key) > 0, key, "positive", getattr(mr, key))
     check_chunk_overlap(mr.chunk_size, mr.chunk_overlap)
     for key in ("call_timeout_s", "start_timeout_s", "max_document_tokens"):
@@ -285,8 +285,8 @@ def _check_mapreduce(cfg: Config) -> None:
     _require(0 <= mr.min_support <= 1, "min_support", "in [0, 1] (0: keep every sentence)", mr.min_support)
     _require(mr.summary_words >= 0, "summary_words", ">= 0 (0: one short summary)", mr.summary_words)
     _require(mr.num_workers is None or mr.num_workers > 0, "num_workers", "positive", mr.num_workers)
-    _require(mr.merge_fanin >= 2, "merge_fanin", ">= 2", mr.merge_fanin)
-    _require(mr.merge_final_parts >= 1, "merge_final_parts", ">= 1", mr.merge_final_parts)
+    for key, least in (("merge_fanin", 2), ("merge_final_parts", 1)):
+        _require(getattr(mr, key) >= least, key, f">= {least}", getattr(mr, key))
     cap = mr.map_max_new_tokens
     _require(cap is None or cap > 0, "map_max_new_tokens", "positive (null: max_new_tokens)", cap)
     _check_worker_resources(mr, cfg.model.device)

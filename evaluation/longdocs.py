@@ -101,9 +101,18 @@ def model_setups(cfg: Config) -> dict[str, str]:
     return {
         "mapreduce": "mr-" + settings_hash(cfg, scope=SUMMARIES),
         "truncate": "tr-" + truncate,
-        "whole": "wh-" + value_hash([truncate, cfg.mapreduce.summary_words, "whole-v1"]
-                                    + ([cfg.evaluation.whole_template] if cfg.evaluation.whole_template else [])),
+        "whole": "wh-" + value_hash([truncate, cfg.mapreduce.summary_words, "whole-v1"] + _whole_extras(cfg)),
     }
+
+
+def _whole_extras(cfg: Config) -> list:
+    """The whole call's settings set away from their defaults (so older runs keep their hash)."""
+    from mapreduce.reduce import TOKENS_PER_WORD
+
+    extras: list = [cfg.evaluation.whole_template] if cfg.evaluation.whole_template else []
+    if cfg.mapreduce.merge_tokens_per_word != TOKENS_PER_WORD:
+        extras.append({"merge_tokens_per_word": cfg.mapreduce.merge_tokens_per_word})
+    return extras
 
 
 def leadk_setup(words: int, system: str = "leadk") -> str:

@@ -80,7 +80,8 @@ def run_whole(cfg: Config, todo: list["LongDoc"], out: "LongdocLog", setup: str,
     context = getattr(model.config, "max_position_embeddings", None) or cfg.data.max_length
     for doc in todo:  # one at a time: each its own length and template
         words = whole_words(cfg, doc)
-        gen = dataclasses.replace(with_max_new_tokens(cfg.generation, merge_token_cap(words)), generation_batch_size=1)
+        gen = with_max_new_tokens(cfg.generation, merge_token_cap(words, cfg.mapreduce.merge_tokens_per_word))
+        gen = dataclasses.replace(gen, generation_batch_size=1)
         template = merge_template(words, cfg.evaluation.whole_template or WHOLE_TEMPLATE)
         prompt = build_prompt_ids(tokenizer, doc.text, context - gen.max_new_tokens, template)
         _generate([doc], [prompt], model, tokenizer, gen, out, "whole", setup, progress, words_asked=words)

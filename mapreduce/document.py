@@ -170,7 +170,8 @@ class DocumentSteps:
         return ReduceState.start(summaries, self.count_tokens, mr.chunk_size, mr.max_reduce_depth,
                                  split=self.chunker.split_text, target_words=mr.summary_words,
                                  sources=[c.text for c in chunks], min_support=mr.min_support,
-                                 mode=mr.reduce, fanin=mr.merge_fanin, final_parts=mr.merge_final_parts)
+                                 mode=mr.reduce, fanin=mr.merge_fanin, final_parts=mr.merge_final_parts,
+                                 tokens_per_word=mr.merge_tokens_per_word)
 
     def start(self, doc_id: str, text: str, seq: int = 0, tokens: Optional[int] = None) -> "DocumentJob":
         return DocumentJob(self, seq, str(doc_id), text, document_tokens=tokens)  # tokens: counted already

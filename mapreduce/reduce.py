@@ -45,7 +45,7 @@ from mapreduce.sentences import (JOINER, count_words, drop_repeated_sentences, f
                                  supported_sentences, tidy_summaries)
 
 REDUCE_MODES = ("select", "merge")
-TOKENS_PER_WORD = 1.5  # new tokens a merge may use per word asked for (English: ~1.3 for Qwen/SmolLM2)
+TOKENS_PER_WORD = 1.5  # default new tokens a merge may use per word asked for (English: ~1.3 for Qwen/SmolLM2)
 PART_LABEL_TOKENS = 4  # what "Part 12: " costs a merge input beside the summary itself
 
 
@@ -129,6 +129,7 @@ class ReduceState:
     mode: str = "select"  # with target_words: "select" sentences, or "merge" them with the model
     fanin: int = 4  # merge: summaries per merge call
     final_parts: int = 1  # merge: groups the last level may have, their merges joined in order
+    tokens_per_word: float = TOKENS_PER_WORD  # merge: a call's token cap per word asked of it
     levels: list[ReduceLevel] = field(default_factory=list)
     summary: Optional[str] = None
     unsupported: list[str] = field(default_factory=list)  # map sentences left out: their chunk does not back them
@@ -137,12 +138,14 @@ class ReduceState:
     def start(cls, summaries: Sequence[str], count_tokens: CountTokens, budget: int, max_depth: int,
               split: Optional[Split] = None, joiner: str = JOINER, target_words: int = 0,
               sources: Optional[Sequence[str]] = None, min_support: float = 0.0,
-              mode: str = "select", fanin: int = 4, final_parts: int = 1) -> "ReduceState":
+              mode: str = "select", fanin: int = 4, final_parts: int = 1,
+              tokens_per_word: float = TOKENS_PER_WORD) -> "ReduceState":
         """`sources[i]` is the chunk `summaries[i]` summarizes: with `min_support`, a sentence
         sharing fewer of its content words with its chunk is left out (`unsupported`)."""
         if mode not in REDUCE_MODES or fanin < 2 or final_parts < 1:
             raise ReduceError(f"reduce mode must be one of {', '.join(REDUCE_MODES)} with fanin >= 2, final_parts >= 1")
-        state = cls(count_tokens, budget, max_depth, split, joiner, target_words, mode, fanin, final_parts)
+        state = cls(count_tokens, budget, max_depth, split, joiner, target_words, mode, fanin, final_parts,
+                    tokens_per_word)
         if not summaries:
             raise ReduceError("nothing to reduce: no partial summaries")
         _check_not_empty("map", summaries)
@@ -262,8 +265,8 @@ class ReduceState:
         name = "final" if final else f"merge-{sum(1 for lv in self.levels if lv.name.startswith('merge')) + 1}"
         inputs = [merge_input(pieces[j] for j in g) for g in groups]
         group_sources = [sorted({sources[j] for j in g}) for g in groups]
-        self.levels.append(ReduceLevel(name, group_sources, inputs, tokens,
-                                       merge_words=per_group, max_new_tokens=merge_token_cap(per_group)))
+        cap = merge_token_cap(per_group, self.tokens_per_word)
+        self.levels.append(ReduceLevel(name, group_sources, inputs, tokens, merge_words=per_group, max_new_tokens=cap))
 
     def _cut_oversized(self, texts: list[str]) -> tuple[list[str], list[int]]:
         """Texts with any over-budget one split into pieces; pieces[i] came from texts[sources[i]]."""
@@ -285,9 +288,9 @@ class ReduceState:
         return pieces, sources
 
 
-def merge_token_cap(words: int) -> int:
+def merge_token_cap(words: int, tokens_per_word: float = TOKENS_PER_WORD) -> int:
     """New tokens for a merge asked for `words` words: room for them, not for a runaway."""
-    return int(words * TOKENS_PER_WORD) + 16
+    return int(words * tokens_per_word) + 16
 
 
 def drop_cut_off_end(summary: str) -> str:

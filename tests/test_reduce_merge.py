@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from core.config import ConfigError, load_config
-from fakes import MARKER, partial, words
-from mapreduce.reduce import JOINER, ReduceError, ReduceState
+from fakes import MARKER, partial, steps, words
+from mapreduce.reduce import JOINER, ReduceError, ReduceState, merge_token_cap
 
 
 
@@ -63,6 +63,19 @@ def test_each_final_part_loses_a_cut_off_end():
     assert state.summary == JOINER.join(["M000 M001 M002 M003.", "M004 M005 M006 M007."])
 
 
+def test_merge_tokens_per_word_sets_each_merge_calls_cap():
+    summaries = [partial(i) for i in range(8)]
+    chunks = [type("Chunk", (), {"text": s})() for s in summaries]
+    caps = {}
+    for per_word in (1.5, 3.0):
+        cfg_steps = steps(max_length=200, chunk_size=120, summary_words=40, reduce="merge", merge_final_parts=2,
+                          merge_tokens_per_word=per_word, min_support=0.0)
+        final = cfg_steps.start_reduce(summaries, chunks).level
+        caps[per_word] = final.max_new_tokens
+        assert final.merge_words == 20 and caps[per_word] == merge_token_cap(20, per_word)
+    assert caps == {1.5: 46, 3.0: 76}  # 20 words x 1.5 + 16, x 3 + 16: the knob reaches the calls
+
+
 def test_bad_final_parts_is_one_error_at_load_and_in_the_reduce(tmp_path):
     with pytest.raises(ReduceError, match="final_parts"):
         ReduceState.start([partial(0)], words, 100, 4, target_words=5, mode="merge", final_parts=0)
@@ -70,6 +83,8 @@ def test_bad_final_parts_is_one_error_at_load_and_in_the_reduce(tmp_path):
     path.write_text("mapreduce:\n  merge_final_parts: 0\n")
     with pytest.raises(ConfigError, match="merge_final_parts"):
         load_config(path)
+    with pytest.raises(ConfigError, match="merge_tokens_per_word' must be positive"):
+        load_config(None, {"merge_tokens_per_word": 0})
 
 
 def test_a_merge_echoing_the_prompts_parts_loses_the_framing_not_the_sentence():
