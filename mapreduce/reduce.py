@@ -39,13 +39,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
+from core.config import MapReduceConfig
 from core.errors import UserError
 from core.prompt import merge_input
 from mapreduce.sentences import (JOINER, count_words, drop_repeated_sentences, finished, select_sentences, sentences,
                                  supported_sentences, tidy_summaries)
 
 REDUCE_MODES = ("select", "merge")
-TOKENS_PER_WORD = 1.5  # default new tokens a merge may use per word asked for (English: ~1.3 for Qwen/SmolLM2)
+TOKENS_PER_WORD: float = MapReduceConfig.merge_tokens_per_word  # the config's default (English: ~1.3 tokens a word)
 PART_LABEL_TOKENS = 4  # what "Part 12: " costs a merge input beside the summary itself
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from core.config import ConfigError, load_config
@@ -65,7 +67,7 @@ def test_each_final_part_loses_a_cut_off_end():
 
 def test_merge_tokens_per_word_sets_each_merge_calls_cap():
     summaries = [partial(i) for i in range(8)]
-    chunks = [type("Chunk", (), {"text": s})() for s in summaries]
+    chunks = [SimpleNamespace(text=s) for s in summaries]  # start_reduce reads only a chunk's text
     caps = {}
     for per_word in (1.5, 3.0):
         cfg_steps = steps(max_length=200, chunk_size=120, summary_words=40, reduce="merge", merge_final_parts=2,
