@@ -11,6 +11,7 @@ import gzip
 import logging
 import re
 from pathlib import Path
+from typing import Optional
 
 from core.errors import ConfigError, UserError, first_line
 
@@ -206,16 +207,18 @@ def drop_empty(rows, article_field: str, summary_field: str | None):
     return rows
 
 
-def merge_rows(summaries: list[str], count: int, seed: int = 0) -> list[dict]:
+def merge_rows(summaries: list[str], count: int, seed: int = 0, template: Optional[str] = None) -> list[dict]:
     """Merge-shaped training rows, built from reference summaries alone (no new data, no model).
 
     Each row takes the summaries of 2-4 consecutive articles as the parts of one document and
     asks for their first 1 or 2 sentences each, in order, in about that many words: the
-    merge learns to keep every part, in order, at the length it is told.
+    merge learns to keep every part, in order, at the length it is told. `template`: the
+    profile's merge prompt (mapreduce.merge_template), so training asks what the reduce asks
+    (None: core.prompt.MERGE_TEMPLATE).
     """
     import random
 
-    from core.prompt import merge_input, merge_template
+    from core.prompt import MERGE_TEMPLATE, merge_input, merge_template
     from core.text import highlight_sentences
 
     rng = random.Random(seed)
@@ -229,5 +232,5 @@ def merge_rows(summaries: list[str], count: int, seed: int = 0) -> list[dict]:
         target = " ".join(s for p in group for s in p[:keep])
         words = max(10, round(len(target.split()), -1))
         rows.append({"article": merge_input(" ".join(p) for p in group), "summary": target,
-                     "prompt_template": merge_template(words)})
+                     "prompt_template": merge_template(words, template or MERGE_TEMPLATE)})
     return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 
 import pytest
 
@@ -150,3 +151,23 @@ def test_shipped_cpu_configs_pass_the_split_checks(name):
     d = load_config(REPO / "configs" / name).data
     check_training_splits(d)
     assert split_source(d, "test")[0] == d.test_dataset
+
+
+def test_merge_rows_keep_every_part_in_order_and_ask_the_profiles_merge_prompt():
+    from core.data import merge_rows
+    from core.prompt import MERGE_TEMPLATE
+
+    summaries = [f"Story {i} opens .\nStory {i} goes on ." for i in range(8)]
+    chat = "<|im_start|>user\nMerge into about {words} words:\n\n{article}<|im_end|>\n<|im_start|>assistant\n"
+    rows = merge_rows(summaries, 20, seed=3, template=chat)
+    assert len(rows) == 20
+    for row in rows:
+        parts = [int(p.split()[3]) for p in row["article"].split("\n\n")]  # "Part 1: Story 4 opens. ..."
+        assert parts == list(range(parts[0], parts[0] + len(parts))) and 2 <= len(parts) <= 4
+        told = [int(n) for n in re.findall(r"Story (\d+)", row["summary"])]
+        assert sorted(set(told)) == parts and told == sorted(told)  # every part, in order, in the target
+        assert row["summary"].startswith(f"Story {parts[0]} opens.")
+        assert row["prompt_template"].startswith("<|im_start|>user\nMerge into about ")
+        assert "{article}" in row["prompt_template"] and "{words}" not in row["prompt_template"]
+    default = merge_rows(summaries, 2, seed=3)
+    assert all(r["prompt_template"].startswith(MERGE_TEMPLATE.split("{words}")[0]) for r in default)

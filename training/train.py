@@ -136,7 +136,7 @@ def with_merge_rows(rows, cfg: Config, count: int):
     from core.data import merge_rows
 
     d = cfg.data
-    made = merge_rows(list(rows[d.summary_field]), count, cfg.training.seed)
+    made = merge_rows(list(rows[d.summary_field]), count, cfg.training.seed, cfg.mapreduce.merge_template)
     news = rows.select_columns([d.article_field, d.summary_field])
     news = news.add_column("prompt_template", [d.prompt_template] * len(news))
     merged = datasets.Dataset.from_list([{d.article_field: r["article"], d.summary_field: r["summary"],
