@@ -40,6 +40,7 @@ class ModelConfig:
     base_model: str = knob("Qwen/Qwen2.5-3B-Instruct", "hub id, local dir, .gguf file or embedded:NAME")
     adapter: Optional[str] = knob(None, "dir of a peft LoRA adapter (null: the base model alone)")
     merge_adapter: bool = knob(True, "merge the adapter into the weights for inference (merge_and_unload)")
+    map_adapter: bool = knob(True, "map-reduce: the adapter on map-prompt calls too (false: map zero-shot, merges with it)")
     device: str = knob("auto", "auto | cpu | cuda | cuda:N (auto: CUDA when there is one)")
     dtype: Dtype = knob("auto", "auto: bf16 on CUDA (fp16 without bf16), fp32 on CPU (bf16 inference on bf16 CPUs)")
     quantization: Quantization = knob("none", "bitsandbytes 4bit/8bit weights (CUDA only); none: full weights")
@@ -93,8 +94,7 @@ class TrainingConfig:
     max_grad_norm: float = knob(1.0, "gradient clipping norm")
     gradient_checkpointing: bool = knob(False, "recompute activations in the backward pass: less memory, slower")
     early_stopping_patience: Optional[int] = knob(None, "stop after this many validations with no gain (null: never)")
-    rouge_eval_examples: int = knob(0, "at each validation, summarize this many validation rows and keep the "
-                                       "checkpoint with the best ROUGE-L (0: validation loss only)")
+    rouge_eval_examples: int = knob(0, "summarize this many validation rows at each validation, keep the best ROUGE-L (0: loss only)")
     group_by_length: bool = knob(True, "batches of similar length: less padding to train on")
     seed: int = knob(42, "seed of the shuffle, the dropout and the merge rows")
     resume: bool = knob(False, "continue from the last checkpoint in output_dir")

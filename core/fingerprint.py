@@ -116,6 +116,8 @@ def output_settings(cfg, resolved: Optional[dict] = None, extra: Optional[dict] 
         settings["adapter_files"] = adapter_digest(adapter)
         if not adapter:
             settings.pop("merge_adapter", None)  # nothing to merge
+        if not adapter or settings.get("map_adapter", True):
+            settings.pop("map_adapter", None)  # its default: outputs made before the key existed still match
     if resolved:
         settings["resolved"] = dict(resolved)
     if extra:

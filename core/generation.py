@@ -22,6 +22,8 @@ fails alone becomes an error for that prompt only.
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import logging
 from typing import Callable, Optional, Sequence
@@ -255,13 +257,16 @@ def with_max_new_tokens(gen: GenerationConfig, max_new_tokens: Optional[int]) ->
 
 
 def summarize_texts(model, tokenizer, texts: Sequence[str], template: str, max_prompt_tokens: int,
-                    gen: GenerationConfig) -> list[str]:
+                    gen: GenerationConfig, adapter: bool = True) -> list[str]:
     """Texts -> summaries with one template: what a map-reduce worker does for one call.
 
     Prompts are built by core.prompt (the training template and truncation); an empty
     answer is retried with a minimum length rather than losing that part of a document.
+    `adapter` False: an unmerged peft adapter is switched off for this call (core.models.adapter_used).
     """
     from core.prompt import build_prompt_ids
 
     prompts = [build_prompt_ids(tokenizer, t, max_prompt_tokens, template) for t in texts]
-    return generate_summaries(model, tokenizer, prompts, gen, retry_empty=True)
+    off = not adapter and hasattr(model, "disable_adapter")
+    with model.disable_adapter() if off else contextlib.nullcontext():
+        return generate_summaries(model, tokenizer, prompts, gen, retry_empty=True)

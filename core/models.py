@@ -26,6 +26,8 @@ from core.errors import ModelError, first_line
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
     import torch
 
+    from core.config import Config
+
 log = logging.getLogger(__name__)
 
 
@@ -201,8 +203,14 @@ def check_adapter_dir(adapter_dir: str) -> Path:
 
 
 def merges_adapter(cfg: ModelConfig) -> bool:
-    """Merge the adapter into the weights for inference, unless they are 4/8-bit: merging re-rounds them."""
-    return cfg.merge_adapter and cfg.quantization == "none"
+    """Merge the adapter into the weights for inference, unless they are 4/8-bit (merging re-rounds them)
+    or map calls must run without it (a merged adapter cannot be switched off)."""
+    return cfg.merge_adapter and cfg.quantization == "none" and cfg.map_adapter
+
+
+def adapter_used(cfg: "Config", template: str) -> bool:
+    """False for a map-prompt call when `map_adapter` is off: the map stays zero-shot, merges use the adapter."""
+    return cfg.model.map_adapter or template != cfg.data.prompt_template
 
 
 def attach_adapter(model, adapter_dir: str, merge: bool = True, trainable: bool = False):

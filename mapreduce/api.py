@@ -55,9 +55,11 @@ class Summarizer:
 
     def _generate(self, texts: list[str], template: str, max_new_tokens: Optional[int] = None) -> list[str]:
         from core.generation import summarize_texts, with_max_new_tokens
+        from core.models import adapter_used
 
         gen = with_max_new_tokens(self.cfg.generation, max_new_tokens)
-        return summarize_texts(self.model, self.tokenizer, texts, template, self.cfg.prompt_budget, gen)
+        return summarize_texts(self.model, self.tokenizer, texts, template, self.cfg.prompt_budget, gen,
+                               adapter=adapter_used(self.cfg, template))
 
     def summarize(self, text: Union[str, bytes], doc_id: str = "document"):
         """A DocumentResult, as RaySummarizer's: `.summary`, or `.error` (one line) when it failed.

@@ -108,6 +108,7 @@ class SummarizerWorker:
             cfg.model.num_threads = num_threads
             torch.set_num_threads(num_threads)
         self.model, self.tokenizer = load_for_inference(cfg.model)
+        self.cfg = cfg
         self.gen = cfg.generation
         self.max_prompt_tokens = cfg.prompt_budget
         self.device = str(next(self.model.parameters()).device)
@@ -126,6 +127,7 @@ class SummarizerWorker:
         import torch
 
         from core.generation import summarize_texts, with_max_new_tokens
+        from core.models import adapter_used
 
         blank = _injected_fault(texts)
         gen = with_max_new_tokens(self.gen, max_new_tokens)
@@ -133,7 +135,8 @@ class SummarizerWorker:
         if threads and self.device == "cpu":
             torch.set_num_threads(threads)
         try:
-            summaries = summarize_texts(self.model, self.tokenizer, texts, template, self.max_prompt_tokens, gen)
+            summaries = summarize_texts(self.model, self.tokenizer, texts, template, self.max_prompt_tokens, gen,
+                                        adapter=adapter_used(self.cfg, template))
         finally:
             torch.set_num_threads(own)
         return [("" if i in blank else s) for i, s in enumerate(summaries)]

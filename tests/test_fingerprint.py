@@ -46,9 +46,9 @@ def test_each_key_in_scope_changes_the_hash_unless_it_only_schedules(scope):
         cfg = Config()
         part = getattr(cfg, section)
         setattr(part, key, _changed(getattr(part, key)))
-        if key == "merge_adapter":
-            cfg.model.adapter = "some/adapter"  # without an adapter nothing is merged
-            base_here = settings_hash(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, merge_adapter=True)),
+        if key in ("merge_adapter", "map_adapter"):
+            cfg.model.adapter = "some/adapter"  # without an adapter nothing is merged or switched off
+            base_here = settings_hash(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{key: True})),
                                       scope=scope)
             assert settings_hash(cfg, scope=scope) != base_here
             continue
