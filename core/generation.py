@@ -23,7 +23,6 @@ fails alone becomes an error for that prompt only.
 from __future__ import annotations
 
 import contextlib
-
 import dataclasses
 import logging
 from typing import Callable, Optional, Sequence
