@@ -87,6 +87,22 @@ def spread_weights(model, seed: int = 1):
     return model
 
 
+def save_lora_adapter(model_dir: Path, out: Path, seed: int | None = None, **lora) -> Path:
+    """A peft LoRA adapter for `model_dir`, saved (safetensors) to `out`; `lora`: LoraConfig's fields.
+
+    With init_lora_weights=False its B matrices are random, not zero, so it changes outputs.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    get_peft_model(model, LoraConfig(**lora)).save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
 @pytest.fixture(scope="session")
 def lively_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny Qwen2 with spread weights (prompt-dependent greedy outputs), saved as a model dir."""

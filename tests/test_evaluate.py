@@ -10,7 +10,7 @@ import pytest
 import core.generation
 import core.models
 from evaluation.evaluate import main
-from tests.conftest import CNNDM_TEST
+from tests.conftest import CNNDM_TEST, save_lora_adapter
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +26,8 @@ def test_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def adapter_dir(lively_model_dir, tmp_path_factory) -> Path:
     """An untrained LoRA adapter with random (non-zero) B, so it visibly changes outputs."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(str(lively_model_dir), dtype=torch.float32)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    path = tmp_path_factory.mktemp("adapter")
-    get_peft_model(model, lora).save_pretrained(str(path))
-    return path
+    return save_lora_adapter(lively_model_dir, tmp_path_factory.mktemp("adapter"), seed=0, r=4, lora_alpha=8,
+                             target_modules=["q_proj", "v_proj"], init_lora_weights=False)
 
 
 def _argv(model_dir, data, out, *extra) -> list[str]:

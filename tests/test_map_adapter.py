@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
+from conftest import save_lora_adapter
 from core.fingerprint import settings_hash
 from core.prompt import MERGE_TEMPLATE, merge_template
 from mapreduce.api import Summarizer
@@ -17,15 +17,9 @@ TEXT = "The council met on Monday and voted to close the old bridge to lorries."
 @pytest.fixture(scope="module")
 def live_adapter(lively_model_dir, tmp_path_factory):
     """A LoRA adapter with random (not zero) B matrices, so it changes what the model writes."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(3)
-    model = AutoModelForCausalLM.from_pretrained(str(lively_model_dir), dtype=torch.float32)
-    lora = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
-                      task_type="CAUSAL_LM", init_lora_weights=False)
-    out = tmp_path_factory.mktemp("live_adapter")
-    get_peft_model(model, lora).save_pretrained(str(out), safe_serialization=True)
+    out = save_lora_adapter(lively_model_dir, tmp_path_factory.mktemp("live_adapter"), seed=3, r=4, lora_alpha=64,
+                            target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM",
+                            init_lora_weights=False)
     return str(out)
 
 

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
+from conftest import save_lora_adapter
 from core.config import ModelConfig
 from core.models import ModelError, check_adapter_fits
 
 
 def _adapter_for(model_dir, out):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
-    get_peft_model(model, lora).save_pretrained(str(out), safe_serialization=True)
-    return out
+    return save_lora_adapter(model_dir, out, r=4, lora_alpha=8, task_type="CAUSAL_LM",
+                             target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
 
 
 def test_adapter_fits_its_base_and_not_another(tiny_model_dir, tmp_path):
