@@ -32,6 +32,7 @@ import torch
 from core.config import GenerationConfig
 from core.decoding import decode_generated
 from core.errors import typed_line
+from core.signals import raise_if_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,7 @@ def generate_summaries(
             results[i] = text
         if on_batch_done is not None:
             on_batch_done(batch, texts)
+        raise_if_interrupted()
     results = [r if r is not None else "" for r in results]
     empty = [i for i, r in enumerate(results) if not r.strip()]
     if retry_empty and empty:
@@ -227,6 +229,7 @@ def generate_isolated(
             results[i] = outcome
         if on_batch_done is not None:
             on_batch_done(batch, outcomes)
+        raise_if_interrupted()
     return results
 
 

@@ -21,6 +21,15 @@ CNNDM_TEST = SHARED / "data" / "cnndm" / "test.jsonl"
 LONGDOCS = SHARED / "data" / "longdocs" / "longdocs.jsonl"
 
 
+@pytest.fixture(autouse=True)
+def forget_sigterm():
+    """A test that sent itself SIGTERM leaves it recorded (core.signals): the next test must not see it."""
+    yield
+    from core.signals import clear_interrupt
+
+    clear_interrupt()
+
+
 @pytest.fixture(scope="session")
 def qwen_tokenizer():
     from transformers import AutoTokenizer

@@ -150,6 +150,34 @@ def test_a_failing_batch_is_retried_alone_and_its_example_recorded(lively_model_
     assert "2 failed (excluded)" in capsys.readouterr().out
 
 
+def test_a_sigterm_whose_raise_was_lost_stops_after_that_batch_and_resumes(lively_model_dir, test_file, tmp_path, monkeypatch, capsys):
+    """It happened once on a real run: the first SIGTERM was dropped and three more batches ran."""
+    import signal
+
+    from tests.test_reliability import lose_a_sigterm
+
+    real, calls = core.generation.generate_batch, []
+
+    def signalled(model, tokenizer, prompts, gen):
+        calls.append(len(prompts))
+        if len(calls) == 1:
+            lose_a_sigterm()
+        return real(model, tokenizer, prompts, gen)
+
+    monkeypatch.setattr(core.generation, "generate_batch", signalled)
+    out, before = tmp_path / "eval", signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(_argv(lively_model_dir, test_file, out, "--systems", "base")) == 130
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert calls == [2] and "interrupted: finished batches are saved" in capsys.readouterr().err
+    saved = [r for r in _read_jsonl(out / "generations.jsonl") if r["output"] is not None]
+    assert len(saved) == 2  # the batch that got the signal is kept, nothing after it ran
+    monkeypatch.setattr(core.generation, "generate_batch", real)
+    assert main(_argv(lively_model_dir, test_file, out, "--systems", "base")) == 0
+    assert sum("output" in e["systems"]["base"] for e in _read_jsonl(out / "per_example.jsonl")) == 4
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

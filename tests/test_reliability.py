@@ -196,6 +196,38 @@ def test_keep_sigterm_handler_leaves_the_default_alone():
     assert signal.getsignal(signal.SIGTERM) is replaced
 
 
+def lose_a_sigterm() -> None:
+    """A SIGTERM whose KeyboardInterrupt is dropped, as when it lands in a finalizer."""
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+        raise AssertionError("SIGTERM did not interrupt")
+    except KeyboardInterrupt:
+        pass
+
+
+def test_a_sigterm_whose_raise_was_lost_stops_generation_after_that_batch(monkeypatch):
+    import core.generation
+
+    calls = []
+
+    def fake_batch(model, tokenizer, prompts, gen):
+        calls.append(len(prompts))
+        if len(calls) == 1:
+            lose_a_sigterm()
+        return ["a summary."] * len(prompts)
+
+    monkeypatch.setattr(core.generation, "generate_batch", fake_batch)
+    assert sigterm_as_interrupt()
+    gen = load_config(None, {"generation_batch_size": 1}).generation
+    for run in (core.generation.generate_summaries, core.generation.generate_isolated):
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            run(None, None, [[1, 2], [3, 4], [5, 6]], gen)
+        assert calls == [1], run.__name__  # stopped after the batch that got the signal
+    assert run(None, None, [[1, 2]], gen) == [("a summary.", None)]  # once per signal: the next run goes on
+
+
 def _sigterm_self(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(10)
