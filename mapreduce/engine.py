@@ -331,6 +331,7 @@ def open_engine(cfg: Config, on_progress: Optional[Callable[[Progress], None]] =
     second rather than after Ray starts. WorkerError if the workers resolved `dtype`/`device`
     differently (engine.runtime holds what they all resolved).
     """
+    from core.models import fp32_cpu_note
     from mapreduce.pool import init_ray
 
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -347,6 +348,9 @@ def open_engine(cfg: Config, on_progress: Optional[Callable[[Progress], None]] =
         runtime = pool_runtime(infos)
         say("workers ready: " + ", ".join(f"{i['device']} {i['dtype']} ({i['threads']} threads)" for i in infos)
             + f" [{time.perf_counter() - started:.1f}s]")
+        note = fp32_cpu_note(cfg.model.dtype, runtime)
+        if note:
+            say(note)
         engine = MapReduceEngine(cfg, pool, on_progress=on_progress, chunker=chunker)
         engine.runtime = runtime
         yield engine

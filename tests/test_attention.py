@@ -73,3 +73,38 @@ def test_dtype_auto_on_cpu_is_bf16_for_inference_only_where_native(monkeypatch, 
     assert models.resolve_dtype("auto", cpu) == (torch.bfloat16 if fast_bf16 else torch.float32)
     assert models.resolve_dtype("auto", cpu, for_training=True) == torch.float32
     assert models.resolve_dtype("float32", cpu) == torch.float32
+
+
+@pytest.mark.parametrize("dtype_setting, resolved, noted", [
+    ("auto", "float32", True),     # a CPU without native bf16: the user is told why it is slow
+    ("auto", "bfloat16", False),
+    ("float32", "float32", False),  # asked for: nothing to explain
+])
+def test_open_engine_says_when_a_cpu_without_bf16_left_auto_at_fp32(monkeypatch, dtype_setting, resolved, noted):
+    import mapreduce.engine as engine_module
+    import mapreduce.pool as pool_module
+    from core.config import load_config
+
+    class FakePool:
+        waiting_note = None
+
+        def __init__(self, cfg):
+            pass
+
+        def __len__(self):
+            return 1
+
+        def wait_ready(self, timeout=None):
+            return [{"pid": 1, "device": "cpu", "dtype": resolved, "threads": 1}]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(pool_module, "init_ray", lambda cfg: False)
+    monkeypatch.setattr(engine_module, "WorkerPool", FakePool)
+    lines = []
+    cfg = load_config(None, {"dtype": dtype_setting, "device": "cpu"})
+    with engine_module.open_engine(cfg, say=lines.append, chunker=object()):
+        pass
+    notes = [line for line in lines if line.startswith("note: this CPU has no native bf16")]
+    assert len(notes) == int(noted), lines
