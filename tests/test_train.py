@@ -68,6 +68,20 @@ def test_rouge_is_logged_at_each_evaluation_and_picks_the_kept_checkpoint(traine
     assert best["best_checkpoint"] == f"checkpoint-{best_step}"
 
 
+def test_the_adapter_card_tells_its_recipe_and_validation_curve_not_peft_template(trained, tiny_model_dir):
+    card = (trained / "README.md").read_text()
+    assert "More Information Needed" not in card
+    assert card.startswith(f"# adapter: a LoRA summarization adapter for {tiny_model_dir}")
+    assert "| LoRA | r 16, alpha 32, dropout 0.0 on q_proj, v_proj, up_proj, down_proj |" in card
+    assert "cut to 128 tokens" in card and "| schedule | 8 steps x 4 rows, adamw_torch lr 0.03 constant" in card
+    assert "training rows `train[:4]`, validation rows `train[1049:1051]`" in card
+    (best,) = [e for e in read_log(trained) if "best_checkpoint" in e]
+    assert f"| weights here | {best['best_checkpoint']} (eval_rougeL {best['best_value']:.4f})" in card
+    assert "| step | 4 | 8 |" in card
+    rouge = [f"{e['eval_rougeL']:.4f}" for e in read_log(trained) if "eval_rougeL" in e]
+    assert f"| validation ROUGE-L | {rouge[0]} | {rouge[1]} |" in card
+
+
 def test_summary_only_loss_equals_the_full_logits_loss(tiny_model_dir, qwen_tokenizer):
     from transformers import AutoModelForCausalLM
 

@@ -41,6 +41,7 @@ from core.models import load_base_model, load_tokenizer, name_adapter_base, reso
 from core.prompt import build_training_example, check_template_fits
 from core.signals import sigterm_as_interrupt
 from training.logs import LOSS_PLOT, TRAIN_LOG, _log_files_callback, write_log_files
+from training.card import write_model_card
 from training.resume import RunFinished, TrainError, _resume_plan_callback, check_output_dir, check_run_settings
 
 log = logging.getLogger("training.train")
@@ -298,6 +299,7 @@ def save_outputs(trainer, model, tokenizer, cfg: Config, title: str) -> None:
                     "best_metric": args.metric_for_best_model, "best_value": state.best_metric})
     history = [*state.log_history, end]
     write_log_files(history, output_dir, title)
+    write_model_card(cfg, history, output_dir)  # in place of peft's template README.md
     evals = [e["eval_loss"] for e in state.log_history if "eval_loss" in e]
     log.info(
         "done: %d steps, adapter + tokenizer + %s + %s + %s saved in %s%s%s",
@@ -355,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Fine-tune a LoRA summarization adapter on CNN/DailyMail-style data (article -> "
             "summary). Every config key is also a flag; a flag overrides the YAML value. "
-            "Writes the adapter, tokenizer, config.yaml, train_log.json and loss.png to --output-dir."
+            "Writes the adapter, tokenizer, config.yaml, train_log.json, loss.png and a README.md model card to --output-dir."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
