@@ -55,6 +55,13 @@ class CachedCalls:
         return [self.cache[k] for k in keys]
 
 
+def row_numbers(text: str) -> list[int]:
+    try:
+        return [int(r) for r in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated row numbers: {text!r}") from None
+
+
 def main(argv=None) -> int:
     from core.config import replace_config
     from core.rouge import rouge_scores, word_count
@@ -64,11 +71,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.reduce_variants", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--adapter", default=None)
-    p.add_argument("--rows", required=True, help="longdocs.jsonl row numbers, comma-separated (dev rows: 30-99)")
+    p.add_argument("--rows", required=True, type=row_numbers, help="longdocs.jsonl row numbers, comma-separated (dev rows: 30-99)")
     p.add_argument("--variant", action="append", required=True, help="name=key=value,... (config keys); 'name=' is the config as it is")
     p.add_argument("--out", type=Path, default=Path("outputs/reduce_variants"))
     args = p.parse_args(argv)
-    rows = [int(r) for r in args.rows.split(",")]
+    rows = args.rows
     docs = [json.loads(line) for i, line in enumerate(LONGDOCS.open()) if i in rows]
     args.out.mkdir(parents=True, exist_ok=True)
     base = resolve_config(args.config, **({"adapter": args.adapter} if args.adapter else {}))

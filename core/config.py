@@ -228,6 +228,9 @@ def _check_training(cfg: Config) -> None:
     t, has_eval = cfg.training, bool(cfg.data.eval_split)
     _require(cfg.lora.lora_r > 0, "lora_r", "positive", cfg.lora.lora_r)
     _require(t.rouge_eval_examples >= 0, "rouge_eval_examples", ">= 0", t.rouge_eval_examples)
+    _require(t.max_steps == -1 or t.max_steps > 0, "max_steps", "a positive number of steps, or -1 (num_train_epochs decides)",
+             t.max_steps)
+    _require(t.num_train_epochs > 0, "num_train_epochs", "positive", t.num_train_epochs)
     selecting = {"early_stopping_patience": t.early_stopping_patience is not None,
                  "rouge_eval_examples": t.rouge_eval_examples > 0}
     for key in (k for k, on in selecting.items() if on):

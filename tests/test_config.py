@@ -149,6 +149,9 @@ def test_enum_keys_take_only_their_values(key, value):
         ({"rouge_eval_examples": -1}, "'rouge_eval_examples' must be >= 0"),
         ({"eval_split": None, "rouge_eval_examples": 2}, "needs an eval_split"),
         ({"early_stopping_patience": 2, "eval_steps": 3, "save_steps": 4}, "multiple of eval_steps"),
+        ({"max_steps": -3}, "'max_steps' must be a positive number of steps, or -1 (num_train_epochs decides), got -3"),
+        ({"max_steps": 0}, "'max_steps' must be a positive number of steps"),
+        ({"num_train_epochs": 0}, "'num_train_epochs' must be positive"),
     ],
 )
 def test_command_checks_live_in_the_config(overrides, words):
