@@ -5,7 +5,10 @@ redoes the map, the costly part (10 chunk summaries of a 1.5B model: 2-9 minutes
 cores). Here every call goes through one in-process model (mapreduce.api.Summarizer, the
 engine's own document steps) with a JSON cache keyed by template, token cap and text, so
 the first variant pays for the map and the others only for their merges. For choosing
-settings on dev documents (longdocs rows 30-99), never on the report rows 0-29.
+settings on dev documents (longdocs rows 30-99, or joined articles of
+val_llm_references.jsonl.gz: `--joined N`), never on the report sets. Each summary is scored
+beside the two no-model baselines at its length (lead-k, paragraph leads) and, for joined
+documents, with the share of articles it covers (evaluation.coverage).
 
     python -m bench.reduce_variants --config configs/qwen25_15b_cpu.yaml --rows 84,85 \\
         --variant shipped= --variant fanin2x5=merge_fanin=2,merge_final_parts=5 --out outputs/reduce_variants
@@ -21,6 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LONGDOCS = REPO.parent / "shared" / "data" / "longdocs" / "longdocs.jsonl"
+JOINED_DEV = REPO.parent / "shared" / "data" / "cnndm" / "val_llm_references.jsonl.gz"
+COVERAGE_THRESHOLD = 0.2  # evaluation.longdocs' default
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -62,24 +67,49 @@ def row_numbers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"not comma-separated row numbers: {text!r}") from None
 
 
+def load_docs(args, tokenizer) -> list:
+    from evaluation.longdocs_data import load_joined, load_longdocs
+
+    docs = [doc for row in args.rows or [] for doc in load_longdocs(LONGDOCS, 1, row)]
+    if args.joined:
+        docs += load_joined(JOINED_DEV, tokenizer, 6000, 12000, args.joined)
+    return docs
+
+
+def score(name: str, doc, summary: str) -> dict:
+    """The summary's ROUGE F1 beside lead-k and paragraph leads at its length; coverage of a joined doc."""
+    from core.rouge import rouge_scores, word_count
+    from evaluation.coverage import aggregate_coverage, article_coverage, lead_k, paragraph_leads
+
+    words = word_count(summary)
+    row = {"variant": name, "id": doc.id, "words": words}
+    for system, text in (("", summary), ("leadk_", lead_k(doc.text, words)), ("paralead_", paragraph_leads(doc.text, words))):
+        scores = rouge_scores(text, doc.reference)
+        row.update({f"{system}rouge1": scores["rouge1"], f"{system}rougeL": scores["rougeL"]})
+    if doc.articles:
+        row["covered"] = aggregate_coverage(article_coverage(doc, summary, COVERAGE_THRESHOLD))["covered"]
+    return row
+
+
 def main(argv=None) -> int:
     from core.config import replace_config
-    from core.rouge import rouge_scores, word_count
     from mapreduce.api import Summarizer, resolve_config
     from mapreduce.document import DocumentSteps
 
     p = argparse.ArgumentParser(prog="python -m bench.reduce_variants", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--adapter", default=None)
-    p.add_argument("--rows", required=True, type=row_numbers, help="longdocs.jsonl row numbers, comma-separated (dev rows: 30-99)")
+    p.add_argument("--rows", type=row_numbers, help="longdocs.jsonl row numbers, comma-separated (dev rows: 30-99)")
+    p.add_argument("--joined", type=int, default=0, help="also N documents of joined val_llm_references articles")
     p.add_argument("--variant", action="append", required=True, help="name=key=value,... (config keys); 'name=' is the config as it is")
     p.add_argument("--out", type=Path, default=Path("outputs/reduce_variants"))
     args = p.parse_args(argv)
-    rows = args.rows
-    docs = [json.loads(line) for i, line in enumerate(LONGDOCS.open()) if i in rows]
+    if not args.rows and not args.joined:
+        p.error("give --rows, --joined N or both")
     args.out.mkdir(parents=True, exist_ok=True)
     base = resolve_config(args.config, **({"adapter": args.adapter} if args.adapter else {}))
     summarizer = Summarizer.from_config(base)
+    docs = load_docs(args, summarizer.tokenizer)
     calls = CachedCalls(summarizer, args.out / "calls.json")
     results = []
     for name, overrides in map(parse_variant, args.variant):
@@ -87,18 +117,20 @@ def main(argv=None) -> int:
         steps = DocumentSteps(cfg, summarizer.chunker)
         for doc in docs:
             started, misses = time.perf_counter(), calls.misses
-            result = steps.run(doc["id"], doc["document"], calls)
-            scores = rouge_scores(result.summary or "", doc["summary"])
-            row = {"variant": name, "id": doc["id"], "words": word_count(result.summary or ""),
-                   "rouge1": scores["rouge1"], "rougeL": scores["rougeL"], "new_calls": calls.misses - misses,
+            result = steps.run(doc.id, doc.text, calls)
+            row = {**score(name, doc, result.summary or ""), "new_calls": calls.misses - misses,
                    "seconds": round(time.perf_counter() - started, 1), "error": result.error, "summary": result.summary}
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "summary"}), flush=True)
     (args.out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
     for name in dict.fromkeys(r["variant"] for r in results):
         mine = [r for r in results if r["variant"] == name]
-        mean = {k: sum(r[k] for r in mine) / len(mine) for k in ("rouge1", "rougeL", "words")}
-        print(f"{name}: R1 F1 {mean['rouge1']:.3f}  RL F1 {mean['rougeL']:.3f}  {mean['words']:.0f} words")
+        mean = {k: sum(r[k] for r in mine) / len(mine) for k in mine[0] if k.endswith(("rouge1", "rougeL", "words"))}
+        print(f"{name}: R1 / RL F1 {mean['rouge1']:.3f} / {mean['rougeL']:.3f} at {mean['words']:.0f} words; at that length "
+              f"lead-k {mean['leadk_rouge1']:.3f} / {mean['leadk_rougeL']:.3f}, "
+              f"paragraph leads {mean['paralead_rouge1']:.3f} / {mean['paralead_rougeL']:.3f}"
+              + "".join(f"; coverage {sum(r['covered'] for r in joined) / len(joined):.1%} of joined docs' articles"
+                        for joined in [[r for r in mine if "covered" in r]] if joined))
     return 0
 
 
