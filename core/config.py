@@ -228,8 +228,7 @@ def _check_training(cfg: Config) -> None:
     t, has_eval = cfg.training, bool(cfg.data.eval_split)
     _require(cfg.lora.lora_r > 0, "lora_r", "positive", cfg.lora.lora_r)
     _require(t.rouge_eval_examples >= 0, "rouge_eval_examples", ">= 0", t.rouge_eval_examples)
-    _require(t.max_steps == -1 or t.max_steps > 0, "max_steps", "a positive number of steps, or -1 (num_train_epochs decides)",
-             t.max_steps)
+    _require(t.max_steps == -1 or t.max_steps > 0, "max_steps", "a positive number of steps, or -1 (num_train_epochs decides)", t.max_steps)
     _require(t.num_train_epochs > 0, "num_train_epochs", "positive", t.num_train_epochs)
     selecting = {"early_stopping_patience": t.early_stopping_patience is not None,
                  "rouge_eval_examples": t.rouge_eval_examples > 0}
@@ -249,8 +248,7 @@ def _check_generation(cfg: Config) -> None:
         _require(getattr(g, key) > 0, key, "positive", getattr(g, key))
     for key in ("min_new_tokens", "no_repeat_ngram_size"):
         _require(getattr(g, key) >= 0, key, ">= 0", getattr(g, key))
-    _require(g.min_new_tokens <= g.max_new_tokens, "min_new_tokens", f"at most max_new_tokens ({g.max_new_tokens})",
-             g.min_new_tokens)
+    _require(g.min_new_tokens <= g.max_new_tokens, "min_new_tokens", f"at most max_new_tokens ({g.max_new_tokens})", g.min_new_tokens)
 
 
 def _check_evaluation(cfg: Config) -> None:
