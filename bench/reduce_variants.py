@@ -22,10 +22,11 @@ import json
 import time
 from pathlib import Path
 
+from evaluation.longdocs import COVERAGE_THRESHOLD, DEFAULT_LONGDOCS, JOINED_TOKENS
+
 REPO = Path(__file__).resolve().parents[1]
-LONGDOCS = REPO.parent / "shared" / "data" / "longdocs" / "longdocs.jsonl"
+LONGDOCS = REPO / DEFAULT_LONGDOCS
 JOINED_DEV = REPO.parent / "shared" / "data" / "cnndm" / "val_llm_references.jsonl.gz"
-COVERAGE_THRESHOLD = 0.2  # evaluation.longdocs' default
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -72,7 +73,7 @@ def load_docs(args, tokenizer) -> list:
 
     docs = [doc for row in args.rows or [] for doc in load_longdocs(LONGDOCS, 1, row)]
     if args.joined:
-        docs += load_joined(JOINED_DEV, tokenizer, 6000, 12000, args.joined)
+        docs += load_joined(JOINED_DEV, tokenizer, *JOINED_TOKENS, args.joined)
     return docs
 
 
@@ -89,6 +90,18 @@ def score(name: str, doc, summary: str) -> dict:
     if doc.articles:
         row["covered"] = aggregate_coverage(article_coverage(doc, summary, COVERAGE_THRESHOLD))["covered"]
     return row
+
+
+def summary_line(rows: list[dict]) -> str:
+    """A variant's means: its ROUGE F1, the baselines' at its length, and coverage where there are joined docs."""
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k.endswith(("rouge1", "rougeL", "words"))}
+    line = (f"R1 / RL F1 {mean['rouge1']:.3f} / {mean['rougeL']:.3f} at {mean['words']:.0f} words; at that length "
+            f"lead-k {mean['leadk_rouge1']:.3f} / {mean['leadk_rougeL']:.3f}, "
+            f"paragraph leads {mean['paralead_rouge1']:.3f} / {mean['paralead_rougeL']:.3f}")
+    joined = [r["covered"] for r in rows if "covered" in r]
+    if joined:
+        line += f"; coverage {sum(joined) / len(joined):.1%} of joined docs' articles"
+    return line
 
 
 def main(argv=None) -> int:
@@ -124,13 +137,7 @@ def main(argv=None) -> int:
             print(json.dumps({k: v for k, v in row.items() if k != "summary"}), flush=True)
     (args.out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
     for name in dict.fromkeys(r["variant"] for r in results):
-        mine = [r for r in results if r["variant"] == name]
-        mean = {k: sum(r[k] for r in mine) / len(mine) for k in mine[0] if k.endswith(("rouge1", "rougeL", "words"))}
-        print(f"{name}: R1 / RL F1 {mean['rouge1']:.3f} / {mean['rougeL']:.3f} at {mean['words']:.0f} words; at that length "
-              f"lead-k {mean['leadk_rouge1']:.3f} / {mean['leadk_rougeL']:.3f}, "
-              f"paragraph leads {mean['paralead_rouge1']:.3f} / {mean['paralead_rougeL']:.3f}"
-              + "".join(f"; coverage {sum(r['covered'] for r in joined) / len(joined):.1%} of joined docs' articles"
-                        for joined in [[r for r in mine if "covered" in r]] if joined))
+        print(f"{name}: " + summary_line([r for r in results if r["variant"] == name]))
     return 0
 
 

@@ -82,6 +82,8 @@ BASELINES = {"leadk": lead_k, "paralead": paragraph_leads}  # no model: summarie
 LOG_FILE = "longdoc_generations.jsonl"
 DEFAULT_LONGDOCS = "../shared/data/longdocs/longdocs.jsonl"
 DEFAULT_TEST_FILE = "../shared/data/cnndm/test.jsonl"
+JOINED_TOKENS = (6000, 12000)  # joined: least and most model tokens per document
+COVERAGE_THRESHOLD = 0.2  # joined: an article's highlights' content-word recall that counts as covered
 DEFAULT_OUT_DIRS = {"longdocs": "outputs/longdocs", "joined": "outputs/longdocs_joined"}
 
 
@@ -281,9 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start", type=int, default=0,
                         help="longdocs: first row to evaluate, 0-based (e.g. 30 for rows 30-99, the rows settings "
                              "are chosen on; rows 0-29 are reported) (default %(default)s)")
-    parser.add_argument("--min-tokens", type=int, default=6000, help="joined: least model tokens per document (default %(default)s)")
-    parser.add_argument("--max-tokens", type=int, default=12000, help="joined: most model tokens per document (default %(default)s)")
-    parser.add_argument("--coverage-threshold", type=float, default=0.2,
+    parser.add_argument("--min-tokens", type=int, default=JOINED_TOKENS[0], help="joined: least model tokens per document (default %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=JOINED_TOKENS[1], help="joined: most model tokens per document (default %(default)s)")
+    parser.add_argument("--coverage-threshold", type=float, default=COVERAGE_THRESHOLD,
                         help="joined: content-word ROUGE-1 recall of an article's highlights that counts as covered (default %(default)s)")
     parser.add_argument("--systems", dest="compare", metavar="LIST", default=",".join(SYSTEMS), help="comma-separated subset of %(default)s")
     parser.add_argument("--out-dir", "--eval-output-dir", dest="out_dir", default=None,

@@ -7,7 +7,10 @@ argv of a short CPU training run (run_args), for the training tests.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -201,3 +204,13 @@ def run_args(model_dir: Path, output_dir: Path, **overrides) -> list[str]:
         else:
             args += ["--" + key.replace("_", "-"), str(value)]
     return args
+
+
+def lose_a_sigterm() -> None:
+    """A SIGTERM whose KeyboardInterrupt is dropped, as when it lands in a finalizer (core.signals)."""
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+        raise AssertionError("SIGTERM did not interrupt")
+    except KeyboardInterrupt:
+        pass

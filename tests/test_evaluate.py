@@ -154,7 +154,7 @@ def test_a_sigterm_whose_raise_was_lost_stops_after_that_batch_and_resumes(livel
     """It happened once on a real run: the first SIGTERM was dropped and three more batches ran."""
     import signal
 
-    from tests.test_reliability import lose_a_sigterm
+    from fakes import lose_a_sigterm
 
     real, calls = core.generation.generate_batch, []
 

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import CNNDM_TEST, REPO
-from fakes import run_args
+from fakes import lose_a_sigterm, run_args
 
 from core.config import ConfigError, load_config
 from core.data import DataError, load_rows
@@ -194,16 +194,6 @@ def test_keep_sigterm_handler_leaves_the_default_alone():
     with keep_sigterm_handler():
         signal.signal(signal.SIGTERM, replaced)
     assert signal.getsignal(signal.SIGTERM) is replaced
-
-
-def lose_a_sigterm() -> None:
-    """A SIGTERM whose KeyboardInterrupt is dropped, as when it lands in a finalizer."""
-    try:
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(10)
-        raise AssertionError("SIGTERM did not interrupt")
-    except KeyboardInterrupt:
-        pass
 
 
 def test_a_sigterm_whose_raise_was_lost_stops_generation_after_that_batch(monkeypatch):

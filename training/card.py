@@ -21,8 +21,7 @@ def _cell(text: object) -> str:
 
 def recipe_rows(cfg: Config, steps: int) -> list[tuple[str, str]]:
     d, lora, t = cfg.data, cfg.lora, cfg.training
-    datasets = d.dataset if isinstance(d.dataset, list) else [d.dataset]
-    data = ", ".join(f"`{p}`" for p in datasets) + f"; training rows `{d.train_split}`"
+    data = ", ".join(f"`{p}`" for p in d.dataset) + f"; training rows `{d.train_split}`"
     if d.eval_split:
         data += f", validation rows `{d.eval_split}`"
     if d.merge_examples:
@@ -56,8 +55,8 @@ def validation_table(history: list[dict]) -> list[str]:
 
 def write_model_card(cfg: Config, history: list[dict], output_dir: Path) -> Path:
     """Replace peft's template README.md; `history` ends with the run's {"finished": True, ...} entry."""
-    end = history[-1] if history and history[-1].get("finished") else {}
-    steps = end.get("step", max((e.get("step", 0) for e in history), default=0))
+    end = history[-1]
+    steps = end["step"]
     kept = (f"{end['best_checkpoint']} ({end['best_metric']} {end['best_value']:.4f}), the best validation checkpoint"
             if end.get("best_checkpoint") else f"the weights after step {steps}")
     lines = [
